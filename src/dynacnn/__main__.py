@@ -1,0 +1,5 @@
+"""`python -m dynacnn` runs the command-line tool."""
+
+from dynacnn.cli import main
+
+main()

@@ -1,0 +1,88 @@
+"""Train, evaluate and time a backbone on a dataset: the `train` and `eval` commands' logic."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dynacnn.errors import CheckpointError
+from dynacnn.flops import count_macs
+from dynacnn.io import ensure_dir, write_json
+from dynacnn.runs import DataSpec, ModelSpec, TrainedRun, load_run, save_run
+from dynacnn.train import ImageBatches, TrainConfig, evaluate, fit, resolve_device
+
+
+def train_backbone(
+    out_dir: str | Path,
+    model_spec: ModelSpec,
+    data_spec: DataSpec,
+    config: TrainConfig,
+    *,
+    device: str = "auto",
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train `model_spec` on `data_spec` into `out_dir` (resumable); return the run's summary."""
+    out = ensure_dir(out_dir)
+    splits = data_spec.load()
+    if model_spec.num_classes != splits.info.num_classes or model_spec.in_channels != splits.info.input_shape[0]:
+        model_spec.num_classes = splits.info.num_classes
+        model_spec.in_channels = splits.info.input_shape[0]
+    dev = resolve_device(device)
+    torch.manual_seed(config.seed)
+    model = model_spec.build()
+    if dev.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
+    write_json(out / "splits.json", splits.split_indices())
+    train_data = ImageBatches(splits.train, splits.info, config.batch_size, shuffle=True, augment=config.augment)
+    calib_data = ImageBatches(splits.calib, splits.info, 512)
+    identity = {"model": asdict(model_spec), "data": asdict(data_spec)}
+    result = fit(model, train_data, config, calib_data=calib_data, run_dir=out, resume=resume, device=dev, identity=identity)
+    cost = count_macs(model.to("cpu"), torch.zeros(1, *splits.info.input_shape))
+    summary = {
+        "calib": {k.removeprefix("calib_"): v for k, v in result.final.items() if k.startswith("calib_")},
+        "macs_per_image": cost.macs_per_image,
+        "params": cost.params,
+        "train_seconds_this_process": result.seconds,
+        "class_names": list(splits.info.class_names),
+        "train_config": asdict(config),
+    }
+    save_run(out, model, model_spec, data_spec, summary)
+    return summary
+
+
+@torch.inference_mode()
+def images_per_second(model: nn.Module, images: torch.Tensor, batch_size: int, repeats: int = 3) -> float:
+    """Best-of-`repeats` throughput of `model` over pre-normalised `images` at `batch_size`."""
+    model.eval()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for begin in range(0, len(images), batch_size):
+            model(images[begin : begin + batch_size])
+        best = min(best, time.perf_counter() - start)
+    return len(images) / best
+
+
+def evaluate_run(run_dir: str | Path, *, device: str = "auto", batch_size: int = 256) -> dict[str, float]:
+    """Test top-1, top-5 (fractions) and images/s of a finished run."""
+    dev = resolve_device(device)
+    run: TrainedRun = load_run(run_dir, dev)
+    splits = run.data_spec.load()
+    if splits.info.num_classes != run.model_spec.num_classes:
+        raise CheckpointError(
+            f"{run_dir} was trained for {run.model_spec.num_classes} classes but the data has {splits.info.num_classes}; check --data"
+        )
+    from dynacnn.data import normalize
+
+    test = ImageBatches(splits.test, splits.info, batch_size)
+    metrics = evaluate(run.model, test, dev)
+    images = normalize(splits.test.images, splits.info).to(dev)
+    if dev.type == "cpu":
+        run.model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    return {"top1": metrics["top1"], "top5": metrics["top5"], "images_per_s": images_per_second(run.model, images, batch_size)}

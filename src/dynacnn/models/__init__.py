@@ -1,0 +1,7 @@
+"""Backbones."""
+
+from dynacnn.models.resnet import STAGE_BLOCKS, BasicBlock, ResNet, build_resnet
+
+ARCHITECTURES = tuple(STAGE_BLOCKS)
+
+__all__ = ["ARCHITECTURES", "BasicBlock", "ResNet", "build_resnet"]

@@ -1,0 +1,115 @@
+"""Run directories made by `dynacnn train`: model spec, data spec, weights (safetensors) and metadata (JSON)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from dynacnn.errors import CheckpointError
+from dynacnn.io import atomic_write, read_json, write_json
+from dynacnn.models import build_resnet
+
+RUN_FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a backbone before loading its weights."""
+
+    arch: str = "resnet18"
+    width: float = 0.25
+    stem: str = "small-pool"
+    num_classes: int = 10
+    in_channels: int = 1
+
+    def build(self) -> nn.Module:
+        return build_resnet(self.arch, self.num_classes, self.in_channels, self.width, self.stem)
+
+
+@dataclass
+class DataSpec:
+    """How the run's dataset and splits were made (the splits are re-derived from it, deterministically)."""
+
+    name: str = "fashion-mnist"
+    data_dir: str | None = None
+    calib_fraction: float = 0.1
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def load(self):
+        from dynacnn.data import load_dataset
+
+        return load_dataset(self.name, self.data_dir, calib_fraction=self.calib_fraction, seed=self.seed, **self.options)
+
+
+def save_weights(path: str | Path, module: nn.Module) -> None:
+    """Atomically write a module's state dict as safetensors."""
+    state = {key: value.detach().cpu().contiguous() for key, value in module.state_dict().items()}
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(state, str(tmp))
+    atomic_write(path, lambda handle: handle.write(tmp.read_bytes()))
+    tmp.unlink()
+
+
+def load_weights(path: str | Path, module: nn.Module) -> nn.Module:
+    """Load safetensors weights into `module`; a missing file or a shape mismatch is a clear error."""
+    path = Path(path)
+    try:
+        state = load_file(str(path))
+    except FileNotFoundError:
+        raise CheckpointError(f"no weights at {path}; finish the run that makes them first") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); delete it and re-run") from None
+    expected = {key: tuple(value.shape) for key, value in module.state_dict().items()}
+    found = {key: tuple(value.shape) for key, value in state.items()}
+    if expected != found:
+        diff = sorted(set(expected.items()) ^ set(found.items()))[:1]
+        raise CheckpointError(
+            f"weights in {path} were made for another architecture or number of classes (first difference: {diff[0][0]})"
+        )
+    module.load_state_dict(state)
+    return module
+
+
+@dataclass
+class TrainedRun:
+    """A finished `dynacnn train` run: its directory, specs and loaded model."""
+
+    path: Path
+    model_spec: ModelSpec
+    data_spec: DataSpec
+    model: nn.Module
+    meta: dict[str, Any]
+
+
+def save_run(run_dir: str | Path, model: nn.Module, model_spec: ModelSpec, data_spec: DataSpec, extra: dict[str, Any] | None = None) -> None:
+    """Write `model.safetensors` and `run.json` (format version, specs, extra metadata)."""
+    run_dir = Path(run_dir)
+    save_weights(run_dir / "model.safetensors", model)
+    write_json(run_dir / "run.json", {
+        "format_version": RUN_FORMAT_VERSION, "model": asdict(model_spec), "data": asdict(data_spec), **(extra or {}),
+    })
+
+
+def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> TrainedRun:
+    """Load a run made by `dynacnn train`; a missing or foreign run directory is a clear error."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "run.json").exists():
+        raise CheckpointError(f"{run_dir} is not a finished dynacnn run (no run.json); make it with `dynacnn train --out {run_dir}`")
+    meta = read_json(run_dir / "run.json")
+    if meta.get("format_version") != RUN_FORMAT_VERSION:
+        raise CheckpointError(f"{run_dir}/run.json has an unknown format version; it was not written by this dynacnn")
+    try:
+        model_spec = ModelSpec(**meta["model"])
+        data_spec = DataSpec(**meta["data"])
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{run_dir}/run.json is incomplete ({exc}); re-run `dynacnn train`") from None
+    model = load_weights(run_dir / "model.safetensors", model_spec.build()).to(device).eval()
+    return TrainedRun(run_dir, model_spec, data_spec, model, meta)
