@@ -19,7 +19,7 @@ def test_write_json_is_atomic_under_failure(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", fail)
-    with pytest.raises(OSError):
+    with pytest.raises(DynacnnError, match="cannot write"):
         write_json(path, {"ok": 2})
     assert read_json(path) == {"ok": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]

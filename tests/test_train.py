@@ -3,7 +3,7 @@ import errno
 import pytest
 import torch
 
-from dynacnn.errors import CheckpointError, ConfigError
+from dynacnn.errors import CheckpointError, ConfigError, DynacnnError
 from dynacnn.models import build_resnet
 from dynacnn.train import ImageBatches, TensorBatches, TrainConfig, evaluate, fit, load_checkpoint, resolve_device
 
@@ -86,7 +86,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(digits, tmp
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", save_then_fill_disk)
-    with pytest.raises(OSError):
+    with pytest.raises(DynacnnError, match="cannot write"):
         fit(tiny_model(), train_data(digits), config, run_dir=tmp_path / "x")
     monkeypatch.setattr(torch, "save", real_save)
     assert (tmp_path / "x" / "checkpoint.pt").read_bytes() == before

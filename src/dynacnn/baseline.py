@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +26,17 @@ def train_backbone(
     device: str = "auto",
     resume: bool = False,
 ) -> dict[str, Any]:
-    """Train `model_spec` on `data_spec` into `out_dir` (resumable); return the run's summary."""
-    out = ensure_dir(out_dir)
-    splits = data_spec.load()
-    if model_spec.num_classes != splits.info.num_classes or model_spec.in_channels != splits.info.input_shape[0]:
-        model_spec.num_classes = splits.info.num_classes
-        model_spec.in_channels = splits.info.input_shape[0]
+    """Train `model_spec` on `data_spec` into `out_dir` (resumable); return the run's summary.
+
+    Everything is validated (options, device, data) before the output directory is created.
+    """
+    config.validate()
     dev = resolve_device(device)
+    splits = data_spec.load()
+    model_spec = replace(model_spec, num_classes=splits.info.num_classes, in_channels=splits.info.input_shape[0])
     torch.manual_seed(config.seed)
     model = model_spec.build()
+    out = ensure_dir(out_dir)
     if dev.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
     write_json(out / "splits.json", splits.split_indices())

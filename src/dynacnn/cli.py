@@ -41,6 +41,7 @@ def train(
     no_augment: bool = typer.Option(False, "--no-augment", help="disable random crop / flip"),
     calib_fraction: float = typer.Option(0.1, help="share of the training data held out for calibration"),
     train_limit: Optional[int] = typer.Option(None, help="train on a stratified subset of this many images"),
+    image_size: Optional[int] = typer.Option(None, help="imagefolder only: resize (shorter side + centre crop) to this size"),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("runs/base"), help="run directory"),
     resume: bool = typer.Option(False, help="continue from the run's last finished epoch"),
@@ -51,7 +52,7 @@ def train(
     from dynacnn.runs import DataSpec, ModelSpec
     from dynacnn.train import TrainConfig
 
-    options = {"train_limit": train_limit} if train_limit else {}
+    options = {key: value for key, value in (("train_limit", train_limit), ("image_size", image_size)) if value is not None}
     summary = train_backbone(
         out,
         ModelSpec(arch=arch, width=width, stem=stem),
@@ -112,6 +113,107 @@ def flops(
         typer.echo(report.table())
 
 
+@app.command()
+def cluster(
+    run: Path = typer.Option(..., "--run", help="a run directory made by `dynacnn train`"),
+    out: Optional[Path] = typer.Option(None, help="where clusters.json and the plots go (default: the run directory)"),
+    n_clusters: Optional[int] = typer.Option(None, help="number of hyper-classes (default: eigengap heuristic)"),
+    max_clusters: Optional[int] = typer.Option(None, help="upper bound of the eigengap search"),
+    n_neighbors: Optional[int] = typer.Option(None, help="k of the kNN graph (default: smallest connected k)"),
+    similarity: str = typer.Option("confusion", help="confusion (default) | indicator (the paper's literal variant)"),
+    edge_weights: str = typer.Option("kernel", help="kernel (default) | binary (the paper's literal kNN graph)"),
+    seed: int = typer.Option(0),
+    device: str = DeviceOpt,
+) -> None:
+    """CP-CNN Alg. 2: hyper-classes from calibration-split probabilities; writes clusters.json and plots."""
+    from dynacnn.cpcnn.discover import discover_hyperclasses
+
+    summary = discover_hyperclasses(
+        run, out or run, n_clusters=n_clusters, max_clusters=max_clusters, n_neighbors=n_neighbors,
+        similarity=similarity, edge_weights=edge_weights, random_state=seed, device=device,
+    )
+    for index, members in enumerate(summary["hyper_classes"]):
+        typer.echo(f"hyper-class {index}: {', '.join(members['names'])}")
+    typer.echo(f"k = {summary['n_clusters']} (n_neighbors = {summary['n_neighbors']}); written to {out or run}/clusters.json")
+
+
+@app.command()
+def cpcnn(
+    run: Path = typer.Option(..., "--run", help="the base run made by `dynacnn train`"),
+    out: Path = typer.Option(Path("runs/cpcnn"), help="output directory"),
+    tau: Optional[float] = typer.Option(None, help="fixed Alg. 1 threshold in (0, 1]; default: chosen by --max-drop"),
+    max_drop: float = typer.Option(0.5, help="largest calibration top-1 drop against the base, in percentage points"),
+    split: Optional[str] = typer.Option(None, help="shared part S ends after: stem | layer1 | layer2 | layer3 (default: chosen)"),
+    configs: Optional[str] = typer.Option(None, help="per-hyper-class configurations, e.g. 'C0:L44,C1:L1,clustifier:L44'"),
+    epochs: Optional[int] = typer.Option(None, help="epochs for the clustifier and each head"),
+    resume: bool = typer.Option(False, help="reuse finished parts in --out"),
+    seed: int = typer.Option(0),
+    device: str = DeviceOpt,
+) -> None:
+    """CP-CNN: shared layers + clustifier + compressed hyper-class heads, tau sweep and routed inference."""
+    from dynacnn.cpcnn.pipeline import run_cpcnn
+
+    extra = {"epochs": epochs} if epochs is not None else {}
+    result = run_cpcnn(run, out, tau=tau, max_drop=max_drop, split=split, configs=configs, device=device,
+                       resume=resume, seed=seed, **extra)
+    chosen = result["chosen"]
+    typer.echo(f"CP-CNN tau {chosen['tau']}: test top-1 {chosen['top1']:.4f}, {chosen['macs_per_image'] / 1e6:.2f} M MACs/image, "
+               f"{chosen['images_per_s']:.0f} images/s (base {result['base']['top1']:.4f}, {result['base']['macs_per_image'] / 1e6:.2f} M, "
+               f"{chosen['base_images_per_s']:.0f} images/s); written to {out}")
+
+
+@app.command()
+def mscnn(
+    data: str = DataOpt,
+    data_dir: Optional[str] = DataDirOpt,
+    out: Path = typer.Option(Path("runs/mscnn"), help="output directory"),
+    epochs: Optional[int] = typer.Option(None, help="training epochs"),
+    resume: bool = typer.Option(False, help="continue training from the last finished epoch"),
+    max_drop: float = typer.Option(0.5, help="largest calibration top-1 drop against the full MS-CNN, in percentage points"),
+    seed: int = typer.Option(0),
+    device: str = DeviceOpt,
+) -> None:
+    """MS-CNN: multi-stage network on DWT sub-bands, TP / CAP_FC / CAP_CONV / PTHP sweeps, bit-lengths."""
+    from dynacnn.mscnn.pipeline import run_mscnn
+
+    extra = {"epochs": epochs} if epochs is not None else {}
+    result = run_mscnn(out, data=data, data_dir=data_dir, resume=resume, max_drop=max_drop, device=device, seed=seed, **extra)
+    chosen, full = result["chosen"], result["full"]
+    typer.echo(f"MS-CNN {chosen['policy']}: test top-1 {chosen['top1']:.4f}, {chosen['macs_per_image'] / 1e6:.2f} M MACs/image "
+               f"({chosen['macs_per_image'] / full['macs_per_image']:.0%} of the full network), {chosen['images_per_s']:.0f} images/s "
+               f"(full {full['top1']:.4f}, {full['images_per_s']:.0f} images/s); written to {out}")
+
+
+@app.command()
+def demo(
+    data: str = DataOpt,
+    data_dir: Optional[str] = DataDirOpt,
+    out: Path = typer.Option(Path("runs/demo"), help="output directory (a re-run reuses what is finished there)"),
+    quick: bool = typer.Option(False, help="a subset and fewer epochs: a few minutes end to end"),
+    max_drop: float = typer.Option(0.5, help="largest calibration top-1 drop allowed when choosing operating points (points)"),
+    seed: int = typer.Option(0),
+    device: str = DeviceOpt,
+) -> None:
+    """The main job: base model, CP-CNN, MS-CNN, baselines, benchmark; writes report.md/.json and plots."""
+    from dynacnn.report.demo import run_demo
+
+    run_demo(out, data=data, data_dir=data_dir, quick=quick, max_drop=max_drop, device=device, seed=seed)
+    typer.echo(f"report: {out / 'report.md'}")
+
+
+@app.command()
+def bench(
+    demo_dir: Path = typer.Option(Path("runs/demo"), "--demo-dir", help="a directory made by `dynacnn demo`"),
+    device: str = DeviceOpt,
+) -> None:
+    """Images/s of the base model, CP-CNN, MS-CNN and compute-matched ResNet at batch 1, 32, 256, side by side."""
+    from rich.console import Console
+
+    from dynacnn.report.demo import bench_demo
+
+    bench_demo(demo_dir, device=device, console=Console())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one line on stderr and exit 2 (`--debug` shows the traceback)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -130,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         if debug or not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
             raise
-        hint = f"see `dynacnn {args[0]} --help`" if args and not args[0].startswith("-") else "see `dynacnn --help`"
+        known = args and args[0] in typer.main.get_command(app).commands  # type: ignore[attr-defined]
+        hint = f"see `dynacnn {args[0]} --help`" if known else "see `dynacnn --help`"
         typer.echo(f"error: {exc.format_message()} ({hint})", err=True)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -10,6 +10,9 @@ from typing import Any, Callable
 
 from dynacnn.errors import DynacnnError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def ensure_dir(path: str | os.PathLike) -> Path:
     """Create `path` (and parents); raise a one-line error if it cannot be written."""
@@ -31,18 +34,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     If anything fails (disk full, kill), the previous file at `path` is left untouched.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise DynacnnError(f"cannot write {path}: {exc.strerror or exc}; choose another --out") from exc
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode) as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):
+            raise DynacnnError(f"cannot write {path}: {exc.strerror or exc}; free some space or choose another --out") from exc
         raise
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)

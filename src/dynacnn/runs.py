@@ -8,11 +8,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from dynacnn.errors import CheckpointError
-from dynacnn.io import atomic_write, read_json, write_json
+from dynacnn.io import read_json, write_bytes, write_json
 from dynacnn.models import build_resnet
 
 RUN_FORMAT_VERSION = 1
@@ -51,11 +51,7 @@ class DataSpec:
 def save_weights(path: str | Path, module: nn.Module) -> None:
     """Atomically write a module's state dict as safetensors."""
     state = {key: value.detach().cpu().contiguous() for key, value in module.state_dict().items()}
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp))
-    atomic_write(path, lambda handle: handle.write(tmp.read_bytes()))
-    tmp.unlink()
+    write_bytes(path, save(state))
 
 
 def load_weights(path: str | Path, module: nn.Module) -> nn.Module:

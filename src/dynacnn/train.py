@@ -165,7 +165,7 @@ def _make_optimizer(model: nn.Module, config: TrainConfig, steps_per_epoch: int)
     )
     total = config.epochs * steps_per_epoch
     if config.schedule == "onecycle":
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=0.25)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=0.3)
     else:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     return optimizer, scheduler

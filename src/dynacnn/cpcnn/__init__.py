@@ -1,0 +1,1 @@
+"""CP-CNN: hyper-class clustering (Alg. 2), compression flow, activation policy, routed model."""

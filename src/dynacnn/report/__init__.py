@@ -1,0 +1,1 @@
+"""Plots, markdown tables and the demo report."""
