@@ -25,7 +25,7 @@ def main() -> None:
     data_spec = DataSpec(name="fashion-mnist", data_dir=args.data_dir)
     spec = base_model_spec((1, 28, 28), 10)
     start = time.perf_counter()
-    summary = train_backbone(args.out, spec, data_spec, TrainConfig(epochs=args.epochs), device="cpu")
+    summary = train_backbone(args.out, spec, data_spec, TrainConfig(epochs=args.epochs, augment=False), device="cpu")
     wall = time.perf_counter() - start
     metrics = evaluate_run(args.out, device="cpu")
     print(json.dumps({

@@ -1,0 +1,160 @@
+"""The CP-CNN of §3 (Fig. 1): shared part S, clustifier M and hyper-class heads H_g, with real routed inference.
+
+`CPCNN.forward` runs S once per image and M on every image, chooses each image's active heads with
+Alg. 1 / Eq. 1 (`activate`), then runs each head once on the sub-batch of the images that activate it
+(`index_select`), and writes its weighted probabilities (Eq. 3) into the (B, K) output with one indexed
+assignment: the hyper-classes partition the classes, so no two heads write the same column. There is no
+per-image Python; the only loop is over the G heads. A head that no image activates costs nothing.
+
+The MACs each image executed come from a cost table counted once for one image with `dynacnn.flops`:
+S + M + the sum of its active heads. `count_call_macs(model, x)` measures the same total from the ops
+that actually ran (tests check the equality).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import nn
+
+from dynacnn.cpcnn.policy import DEFAULT_RULE, DEFAULT_WEIGHTING, activate, check_policy, check_tau, merge
+from dynacnn.errors import ConfigError
+from dynacnn.flops import count_macs
+
+
+class TrivialHead(nn.Module):
+    """The head of a single-class hyper-class: no computation, probability 1 for its class."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(x.shape[0], 1)
+
+
+class RoutedOutput(NamedTuple):
+    """What `CPCNN.forward` returns: class probabilities, MACs each image executed, its active heads."""
+
+    probs: torch.Tensor
+    macs: torch.Tensor
+    active: torch.Tensor
+
+
+def check_members(members: Sequence[Sequence[int]], num_classes: int | None = None) -> list[list[int]]:
+    """Refuse hyper-classes that do not partition the classes 0..K-1."""
+    groups = [sorted(int(c) for c in group) for group in members]
+    flat = sorted(c for group in groups for c in group)
+    if len(groups) < 1 or any(not group for group in groups) or flat != list(range(len(flat))):
+        raise ConfigError("hyper-classes must be non-empty and partition the classes 0..K-1 (each class in exactly one)")
+    if num_classes is not None and len(flat) != num_classes:
+        raise ConfigError(f"the hyper-classes cover {len(flat)} classes but the model has {num_classes}; re-cluster for this model")
+    return groups
+
+
+class CPCNN(nn.Module):
+    """§3 CP-CNN: S once, M, then each H_g only on the images whose Alg. 1 activation set contains g."""
+
+    def __init__(
+        self,
+        shared: nn.Module,
+        clustifier: nn.Module,
+        heads: Sequence[nn.Module],
+        members: Sequence[Sequence[int]],
+        confusion: torch.Tensor,
+        input_shape: Sequence[int],
+        *,
+        tau: float = 0.9,
+        rule: str = DEFAULT_RULE,
+        weighting: str = DEFAULT_WEIGHTING,
+    ) -> None:
+        super().__init__()
+        groups = check_members(members)
+        if len(heads) != len(groups):
+            raise ConfigError(f"{len(heads)} heads for {len(groups)} hyper-classes; give one head per hyper-class")
+        if tuple(confusion.shape) != (len(groups), len(groups)):
+            raise ConfigError(f"confusion must be ({len(groups)}, {len(groups)}), got {tuple(confusion.shape)}")
+        self.shared = shared.eval().requires_grad_(False)
+        self.clustifier = clustifier
+        self.heads = nn.ModuleList(heads)
+        self.members = groups
+        self.num_classes = sum(len(group) for group in groups)
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.set_policy(tau, rule, weighting)
+        self.register_buffer("confusion", confusion.detach().double().clone())
+        for index, group in enumerate(groups):
+            self.register_buffer(f"members_{index}", torch.tensor(group, dtype=torch.long), persistent=False)
+        self.register_buffer("head_macs", torch.zeros(len(groups), dtype=torch.long), persistent=False)
+        self.fixed_macs = 0
+        self.shared_macs = 0
+        self.clustifier_macs = 0
+        self.eval()
+        self.count_costs()
+
+    def set_policy(self, tau: float, rule: str | None = None, weighting: str | None = None) -> CPCNN:
+        """Set the Alg. 1 threshold tau in (0, 1] (1 = every head) and, optionally, the rule and weighting."""
+        rule = rule or self.rule
+        weighting = weighting or self.weighting
+        check_policy(rule, weighting)
+        self.tau, self.rule, self.weighting = check_tau(tau), rule, weighting
+        return self
+
+    @torch.no_grad()
+    def count_costs(self) -> None:
+        """The per-component cost table: MACs of one image through S, M and each head (dynacnn.flops)."""
+        device = self.confusion.device
+        x = torch.zeros(1, *self.input_shape, device=device)
+        self.shared_macs = count_macs(self.shared, x).macs
+        features = self.shared(x)
+        self.clustifier_macs = count_macs(self.clustifier, features).macs
+        self.fixed_macs = self.shared_macs + self.clustifier_macs
+        costs = [0 if isinstance(head, TrivialHead) else count_macs(head, features).macs for head in self.heads]
+        self.head_macs.copy_(torch.tensor(costs, dtype=torch.long))
+
+    def member_index(self, group: int) -> torch.Tensor:
+        """Class ids (a LongTensor buffer) of hyper-class `group`."""
+        return getattr(self, f"members_{group}")
+
+    def policy(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Alg. 1 / Eq. 1 active sets and Eq. 3 weights for clustifier probabilities v (B, G)."""
+        return activate(v, self.confusion.to(v.dtype), self.tau, self.rule, self.weighting)
+
+    def image_macs(self, active: torch.Tensor) -> torch.Tensor:
+        """MACs each image executes: S + M + its active heads (B,), from the cost table (no matmul: not counted)."""
+        return self.fixed_macs + (active.long() * self.head_macs).sum(1)
+
+    @torch.inference_mode()
+    def forward(self, x: torch.Tensor) -> RoutedOutput:
+        features = self.shared(x)
+        v = torch.softmax(self.clustifier(features), dim=1)
+        active, weights = self.policy(v)
+        batch = x.shape[0]
+        probs = v.new_zeros(batch, self.num_classes)
+        counts = active.sum(0).tolist()
+        for group, head in enumerate(self.heads):
+            if counts[group] == 0:
+                continue
+            classes = self.member_index(group)
+            if counts[group] == batch:
+                rows = torch.arange(batch, device=x.device)
+                head_input = features
+            else:
+                rows = active[:, group].nonzero().squeeze(1)
+                head_input = features.index_select(0, rows)
+            weight = weights[:, group].index_select(0, rows)[:, None]
+            if isinstance(head, TrivialHead):
+                probs[rows[:, None], classes] = weight
+            else:
+                probs[rows[:, None], classes] = torch.softmax(head(head_input), dim=1) * weight
+        return RoutedOutput(probs, self.image_macs(active), active)
+
+    @torch.inference_mode()
+    def head_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Dense: clustifier probabilities v (B, G) and every head's probabilities on every image (for sweeps)."""
+        features = self.shared(x)
+        v = torch.softmax(self.clustifier(features), dim=1)
+        return v, [torch.softmax(head(features), dim=1) for head in self.heads]
+
+    def forward_dense(self, x: torch.Tensor) -> RoutedOutput:
+        """Every head on every image, merged with the same weights (zero outside the active set): the reference."""
+        v, head_probs = self.head_outputs(x)
+        active, weights = self.policy(v)
+        members = [self.member_index(g) for g in range(len(self.heads))]
+        return RoutedOutput(merge(weights, head_probs, members, self.num_classes), self.image_macs(active), active)

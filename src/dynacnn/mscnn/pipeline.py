@@ -1,0 +1,300 @@
+"""`run_mscnn`: train (resumable), analyse, sweep, choose with --max-drop, measure, and write mscnn.json / mscnn.md / plots.
+
+Protocol: thresholds, pruning vectors and the chosen policy are fitted on the calibration split; the
+test split is used for reporting only, and the chosen policy is executed on it once (really skipping
+work) next to the full network, with images/s taken from interleaved repetitions at batch 256.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from dynacnn.data import load_dataset
+from dynacnn.errors import CheckpointError, ConfigError
+from dynacnn.flops import MAC_NOTE, count_call_macs
+from dynacnn.io import ensure_dir, read_json, write_json
+from dynacnn.mscnn.bits import bit_sweep, bit_table, dynamic_fc_precision
+from dynacnn.mscnn.cache import StageOutputs, collect
+from dynacnn.mscnn.cap_conv import FilterImportance, execute_cap_conv, filter_importance, simulate_cap_conv
+from dynacnn.mscnn.costs import CostModel, measure_costs
+from dynacnn.mscnn.execute import execute
+from dynacnn.mscnn.explore import Point, choose, drop_and_error, evaluate, oracle, pareto, score, sweep
+from dynacnn.mscnn.model import MSCNN, MSCNNConfig, default_config
+from dynacnn.mscnn.policies import simulate
+from dynacnn.mscnn.rank import misclassification_probability, pick_pruning_thresholds, prediction_rank, rank_statistics
+from dynacnn.mscnn.timing import images_per_second
+from dynacnn.mscnn.training import equal_weights, train_mscnn
+from dynacnn.runs import load_weights, save_weights
+from dynacnn.train import ImageBatches, TrainConfig, resolve_device
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("stages", "full", "policies", "oracle", "chosen", "bits")
+BATCH = 256
+MC_TARGETS = (0.01, 0.02, 0.05)
+TIMING_BATCHES = 10  # test batches of 256 timed for the chosen policy against the full network
+
+
+class _Clock:
+    """Seconds spent in each analysis phase."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._last, 2)
+        self._last = now
+
+
+def _batches(split, info, device: torch.device, batch_size: int = BATCH) -> list[torch.Tensor]:
+    """Normalised image batches of a split on `device` (labels dropped)."""
+    return [x for x, _ in ImageBatches(split, info, batch_size)(None, device)]
+
+
+def _cap_conv_points(model: MSCNN, calib: StageOutputs, test: StageOutputs, costs: CostModel, quick: bool) -> tuple[list[Point], list[dict], FilterImportance]:
+    """Alg. 3 on cached outputs: smart and ignorant filter pruning for a few rm and P_th = 2 and 5 (Fig. 7)."""
+    importance = filter_importance(model, calib)
+    filters = min(s.last for s in model.config.stages[1:])
+    classes = model.config.num_classes
+    fractions = (1 / 3,) if quick else (1 / 6, 1 / 3, 1 / 2)
+    points, rows = [], []
+    settings = [(rm, (keep,) * (model.num_stages - 1))
+                for keep in sorted({min(2, classes), min(5, classes)})
+                for rm in sorted({max(1, min(filters - 1, round(filters * f))) for f in fractions})]
+    for rm, p_th in settings:
+        removed = torch.tensor([0] + [rm] * (model.num_stages - 1))
+        row = {"rm": rm, "p_th": list(p_th)}
+        for smart in (True, False):
+            label = "smart" if smart else "ignorant"
+            for split, outputs in (("calib", calib), ("test", test)):
+                result = score(simulate_cap_conv(model, outputs, importance, p_th, rm, smart), outputs.labels, costs, removed)
+                row[f"{label}_{split}_top1"] = result["top1"]
+                if smart and split == "calib":
+                    points.append(Point("CAP_CONV", {"p_th": list(p_th), "rm": rm}, **result))
+        row["macs_per_image"] = costs.macs(torch.full((model.num_stages, 1), classes), removed).item()
+        rows.append(row)
+    return points, rows, importance
+
+
+def _runner(model: MSCNN, point: Point, importance: FilterImportance):
+    """The executing path of a chosen point: x -> Decision."""
+    if point.name == "CAP_CONV":
+        p_th, rm = tuple(point.settings["p_th"]), point.settings["rm"]
+        return lambda x: execute_cap_conv(model, x, importance, p_th, rm, True)
+    return lambda x: execute(model, x, point.policy)
+
+
+def _measure_chosen(model: MSCNN, point: Point, importance: FilterImportance, test_split, info, test: StageOutputs,
+                    costs: CostModel, device: torch.device, repeats: int) -> tuple[dict, dict]:
+    """Execute the chosen policy once on the test split; time it against the full network, interleaved."""
+    batches = _batches(test_split, info, device)
+    run = _runner(model, point, importance)
+    decisions = [run(x) for x in batches]
+    exit_stage = torch.cat([d.exit_stage for d in decisions])
+    pred = torch.cat([d.pred for d in decisions])
+    kept = torch.cat([d.kept for d in decisions], 1)
+    removed = None
+    if point.name == "CAP_CONV":
+        removed = torch.tensor([0] + [point.settings["rm"]] * (model.num_stages - 1))
+    counted, _ = count_call_macs(run, batches[0])
+    first = len(batches[0])
+    modelled = costs.macs(kept[:, :first], removed).sum().item()
+    if point.name == "CAP_CONV":
+        cached_pred = simulate_cap_conv(model, test, importance, tuple(point.settings["p_th"]), point.settings["rm"]).pred
+        cached_exit = exit_stage
+    else:
+        cached = simulate(test.logits, point.policy)
+        cached_pred, cached_exit = cached.pred, cached.exit_stage
+    speed = images_per_second({"full": lambda x: model(x), "chosen": run}, batches[:TIMING_BATCHES], repeats)
+    chosen = {
+        "policy": point.name, "settings": point.settings,
+        "top1": (pred == test.labels).float().mean().item(),
+        "macs_per_image": costs.macs(kept, removed).mean().item(),
+        "params_per_image": costs.params(kept, removed).mean().item(),
+        "images_per_s": speed["chosen"],
+        "exit_fractions": (torch.bincount(exit_stage, minlength=model.num_stages).float() / len(pred)).tolist(),
+        "calib_top1": point.top1, "calib_macs_per_image": point.macs_per_image,
+        "counted_macs_first_batch": counted, "modelled_macs_first_batch": modelled,
+        "agreement_with_cached": ((cached_pred == pred) & (cached_exit == exit_stage)).float().mean().item(),
+    }
+    return chosen, speed
+
+
+def _frontier_timing(model: MSCNN, points: list[Point], batches: list[torch.Tensor]) -> list[dict]:
+    """Fig. 9: measured time per image of frontier policies next to the full network (calibration images)."""
+    runs = {"full": lambda x: model(x)}
+    runs.update({f"{i}": (lambda p: (lambda x: execute(model, x, p)))(pt.policy) for i, pt in enumerate(points)})
+    speed = images_per_second(runs, batches, repeats=1)
+    return [{"name": p.name, "settings": p.settings, "top1": p.top1, "macs_per_image": p.macs_per_image,
+             "ms_per_image": 1e3 / speed[f"{i}"], "full_ms_per_image": 1e3 / speed["full"]} for i, p in enumerate(points)]
+
+
+def _rank_report(calib: StageOutputs, classes: int) -> dict:
+    """§IV on the calibration split: PR statistics, P(MC | P_th = L) and the L picked for a few targets."""
+    ranks = prediction_rank(calib.logits, calib.labels)
+    mean, std = rank_statistics(ranks, calib.labels, classes)
+    p_mc = misclassification_probability(ranks, calib.labels, classes)
+    return {
+        "pr_mean": mean.tolist(), "pr_std": std.tolist(), "p_mc": p_mc.tolist(),
+        "max_pr_mean": mean.max(1).values.tolist(), "max_pr_mean_2std": (mean + 2 * std).max(1).values.tolist(),
+        "picked_l": {str(t): list(pick_pruning_thresholds(p_mc, t)) for t in MC_TARGETS},
+    }
+
+
+def _memory_format(model: MSCNN, device: torch.device) -> MSCNN:
+    """channels_last on the CPU, where it makes these small convolutions about 20% faster."""
+    return model.to(memory_format=torch.channels_last) if device.type == "cpu" else model
+
+
+def _load_or_train(out: Path, splits, config: MSCNNConfig, train_config: TrainConfig, mode: str, resume: bool,
+                   device: torch.device, data_spec: dict) -> tuple[MSCNN, list[dict]]:
+    """Train (resumable through fit's checkpoint under out/train) and save model.safetensors + model.json."""
+    model = _memory_format(MSCNN(config), device)
+    identity = {"model": config.to_dict(), "data": data_spec, "mode": mode}
+    train = ImageBatches(splits.train, splits.info, train_config.batch_size, shuffle=True, augment=train_config.augment)
+    calib = ImageBatches(splits.calib, splits.info, 512)
+    history = train_mscnn(model, train, train_config, mode=mode, calib_data=calib, run_dir=out / "train",
+                          resume=resume, device=device, identity=identity)
+    save_weights(out / "model.safetensors", model)
+    write_json(out / "model.json", {"format_version": FORMAT_VERSION, "config": config.to_dict(), "data": data_spec,
+                                    "train": asdict(train_config), "mode": mode,
+                                    "loss_weights": list(equal_weights(model.num_stages)), "history": history})
+    return model.to(device).eval(), history
+
+
+def load_model(out_dir: str | Path, device: torch.device | str = "cpu") -> MSCNN:
+    """The trained MS-CNN of a finished run_mscnn output directory."""
+    meta = read_json(Path(out_dir) / "model.json")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{out_dir}/model.json has an unknown format version; re-run `dynacnn mscnn`")
+    model = load_weights(Path(out_dir) / "model.safetensors", MSCNN(MSCNNConfig.from_dict(meta["config"])))
+    return _memory_format(model.to(device), torch.device(device)).eval()
+
+
+def load_mscnn(out_dir: str | Path) -> dict:
+    """mscnn.json of a finished run, checked for the required keys."""
+    path = Path(out_dir) / "mscnn.json"
+    result = read_json(path)
+    missing = [key for key in REQUIRED_KEYS if key not in result]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}; re-run `dynacnn mscnn --out {out_dir}`")
+    return result
+
+
+def analyse_mscnn(out: Path, model: MSCNN, splits, *, max_drop: float = 0.5, quick: bool = False, seed: int = 0,
+                  device: torch.device = torch.device("cpu"), drop_z: float = 2.0) -> dict:
+    """Everything after training: caches, Table II analog, Eq. 1-3, sweeps, CAP_CONV, choice, timing, bits."""
+    dev, clock = device, _Clock()
+    info, config = splits.info, model.config
+    calib = collect(model, ImageBatches(splits.calib, info, 512), dev)
+    test = collect(model, ImageBatches(splits.test, info, 512), dev)
+    costs = measure_costs(model, info.input_shape)
+    classes, n = info.num_classes, model.num_stages
+    cumulative = torch.tensor([c.macs for c in costs.stages]).cumsum(0).tolist()
+    stage_rows = [
+        {"stage": i + 1, "band": s.band, "params": c.params, "macs": c.macs, "cumulative_macs": cumulative[i],
+         "top1": t, "calib_top1": k}
+        for i, (s, c, t, k) in enumerate(zip(config.stages, costs.stages, test.stage_top1(), calib.stage_top1()))
+    ]
+
+    clock.lap("collect")
+    families = sweep(calib, costs, classes, quick)
+    clock.lap("sweep")
+    conv_points, conv_rows, importance = _cap_conv_points(model, calib, test, costs, quick)
+    clock.lap("cap_conv")
+    full_calib = families["full"][0]
+    candidates = [p for points in families.values() for p in points] + conv_points
+    chosen_point = choose(candidates, full_calib, max_drop, drop_z)
+    calib_drop, calib_error = drop_and_error(chosen_point, full_calib)
+    repeats = 1 if quick else 3
+    chosen, speed = _measure_chosen(model, chosen_point, importance, splits.test, info, test, costs, dev, repeats)
+    clock.lap("chosen")
+
+    policy_rows = []
+    for name, points in families.items():
+        for point in (points if name in ("full",) or name.startswith("uniform") else pareto(points)):
+            tested = evaluate(test, point.policy, costs, point.name)
+            policy_rows.append({**point.row(), "calib_top1": point.top1, "calib_macs_per_image": point.macs_per_image,
+                                "top1": tested.top1, "macs_per_image": tested.macs_per_image,
+                                "params_per_image": tested.params_per_image, "exit_fractions": tested.exits,
+                                "frontier": name not in ("full",) and not name.startswith("uniform")})
+    timing_points = [p for name in families if name.startswith(("TP", "PTHP", "CAP_FC")) for p in pareto(families[name])]
+    timing_points = timing_points[:: max(1, len(timing_points) // (4 if quick else 12))]
+    timing_batches = _batches(splits.calib.subset(256 if quick else 1024, seed), info, dev)
+    timing = _frontier_timing(model, timing_points, timing_batches)
+    clock.lap("frontier_timing")
+
+    sweep_bits = (4, 8, 16) if quick else tuple(range(4, 17))
+    bits_split = splits.calib.subset(256 if quick else 1000, seed)
+    bits_x, bits_y = next(iter(ImageBatches(bits_split, info, len(bits_split))(None, dev)))
+    bit_curves = bit_sweep(model, bits_x, bits_y, sweep_bits)
+    bits_rows = bit_table(model, bit_curves)
+    stage_bits = [row["saturation_bits"] for row in bits_rows]
+    dynamic = [dynamic_fc_precision(model, calib, stage_bits, keep, low)
+               for keep in sorted({1, min(3, classes), min(5, classes)}) for low in (2, 3, 4)]
+    clock.lap("bits")
+
+    result = {
+        "format_version": FORMAT_VERSION, "mac_note": MAC_NOTE, "model": config.to_dict(),
+        "stages": stage_rows,
+        "full": {"top1": stage_rows[-1]["top1"], "calib_top1": full_calib.top1, "macs_per_image": float(costs.full_macs),
+                 "params_per_image": float(costs.params(torch.full((n, 1), classes)).item()), "images_per_s": speed["full"]},
+        "policies": policy_rows,
+        "all_calib": {name: [[p.macs_per_image, p.top1, p.params_per_image] for p in points] for name, points in families.items()},
+        "cap_conv": conv_rows,
+        "oracle": oracle(test, costs) | {"calib": oracle(calib, costs)},
+        "chosen": chosen | {"max_drop": max_drop, "drop_z": drop_z, "calib_drop": calib_drop, "calib_drop_se": calib_error,
+                            "macs_fraction": chosen["macs_per_image"] / costs.full_macs,
+                            "speedup": chosen["images_per_s"] / speed["full"]},
+        "timing": timing,
+        "prediction_rank": _rank_report(calib, classes),
+        "bits": {"split": "calib", "images": len(bits_split), "tolerance": 0.002, "stages": bits_rows,
+                 "sweep": {"float_top1": bit_curves["float_top1"],
+                           "top1": [{str(b): a for b, a in curve.items()} for curve in bit_curves["top1"]]},
+                 "dynamic": dynamic},
+        "analysis_seconds": clock.seconds,
+    }
+    return result
+
+
+def run_mscnn(
+    out_dir: str | Path, *, data: str = "fashion-mnist", data_dir: str | Path | None = None, epochs: int = 8,
+    resume: bool = False, max_drop: float = 0.5, device: str = "auto", quick: bool = False, seed: int = 0,
+    stages: int | None = None, calib_fraction: float = 0.1, data_options: dict | None = None,
+    config: MSCNNConfig | None = None, training: str = "joint", batch_size: int = 128, lr: float = 0.1,
+    drop_z: float = 2.0,
+) -> dict:
+    """Train an MS-CNN, analyse it (Eq. 1-3, Alg. 1-4, §IV-C), sweep policies, choose one and measure it; returns mscnn.json."""
+    if not 0 <= max_drop <= 100:
+        raise ConfigError(f"--max-drop {max_drop} must be in [0, 100] percentage points, e.g. 0.5")
+    if stages is not None and stages < 2:
+        raise ConfigError(f"--stages {stages} must be at least 2")
+    from dynacnn.report.mscnn_report import write_report
+
+    torch.manual_seed(seed)
+    out = ensure_dir(out_dir)
+    dev = resolve_device(device)
+    splits = load_dataset(data, data_dir, calib_fraction=calib_fraction, seed=seed, **(data_options or {}))
+    info = splits.info
+    config = config or default_config(stages or 4, info.input_shape[0], info.num_classes)
+    if (config.in_channels, config.num_classes) != (info.input_shape[0], info.num_classes):
+        raise ConfigError(f"model config expects {config.in_channels} channels / {config.num_classes} classes but {data} has "
+                          f"{info.input_shape[0]} / {info.num_classes}")
+    data_spec = {"name": data, "data_dir": None if data_dir is None else str(data_dir), "calib_fraction": calib_fraction,
+                 "seed": seed, "options": data_options or {}}
+    train_config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    model, history = _load_or_train(out, splits, config, train_config, training, resume, dev, data_spec)
+
+    result = analyse_mscnn(out, model, splits, max_drop=max_drop, quick=quick, seed=seed, device=dev, drop_z=drop_z)
+    result.update(data=data_spec, training={"mode": training, "loss_weights": list(equal_weights(model.num_stages)),
+                                            "config": asdict(train_config), "history": history})
+    result = json.loads(json.dumps(result))
+    write_json(out / "mscnn.json", result)
+    write_report(out, result)
+    return result

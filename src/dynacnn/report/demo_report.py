@@ -1,0 +1,159 @@
+"""The demo's benchmark step and its report: report.json, report.md and the combined trade-off chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from dynacnn.bench import Contender, format_rows, measure  # noqa: E402
+from dynacnn.flops import count_macs  # noqa: E402
+from dynacnn.io import atomic_write, read_json, write_json, write_text  # noqa: E402
+from dynacnn.runs import load_run  # noqa: E402
+
+BATCH_SIZES = (1, 32, 256)
+
+
+def demo_contenders(out: Path, input_shape: tuple[int, ...], device: torch.device) -> list[Contender]:
+    """Base, CP-CNN at its chosen tau, MS-CNN with its chosen policy and the compute-matched ResNet."""
+    from dynacnn.cpcnn.pipeline import load_cpcnn
+    from dynacnn.mscnn.pipeline import load_mscnn
+
+    probe = torch.zeros(1, *input_shape)
+    contenders = []
+    for name, run_dir in (("base", out / "base"), ("matched", out / "matched")):
+        model = load_run(run_dir, "cpu").model
+        macs = count_macs(model, probe).macs_per_image
+        model = model.to(device)
+        if device.type == "cpu":
+            model = model.to(memory_format=torch.channels_last)
+        contenders.append(Contender(name, model, macs))
+    cpcnn = load_cpcnn(out / "cpcnn", device)
+    contenders.insert(1, Contender("cpcnn", cpcnn, read_json(out / "cpcnn" / "cpcnn.json")["chosen"]["macs_per_image"]))
+    mscnn_infer = load_mscnn(out / "mscnn", device)
+    contenders.insert(2, Contender("mscnn", mscnn_infer, read_json(out / "mscnn" / "mscnn.json")["chosen"]["macs_per_image"]))
+    return contenders
+
+
+def benchmark(out: Path, splits: Any, device: torch.device, console: Console) -> dict[str, Any]:
+    """Images/s of every contender at batch 1, 32 and 256 on the test split, interleaved; writes bench.json/.md."""
+    from dynacnn.data import normalize
+
+    contenders = demo_contenders(out, splits.info.input_shape, device)
+    images = normalize(splits.test.images, splits.info).to(device)
+    if device.type == "cpu":
+        images = images.contiguous(memory_format=torch.channels_last)
+    rows = measure(contenders, images, BATCH_SIZES, repeats=5)
+    console.print(format_rows(rows))
+    result = {
+        "rows": rows,
+        "images_per_s": {row["model"]: row["images_per_s"] for row in rows if row["batch_size"] == 256},
+        "note": "interleaved repetitions in one process; speed-ups are per-repetition base time / model time (min and median); "
+                f"batch 1 is timed on the first 500 test images; device {device}",
+    }
+    write_json(out / "bench.json", result)
+    write_text(out / "bench.md", format_rows(rows))
+    return result
+
+
+def plot_tradeoff(report: dict[str, Any], path: Path) -> None:
+    """One accuracy-against-MACs chart: every method, operating point, baseline and oracle bound."""
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    base, cp, ms = report["base"], report["cpcnn"], report["mscnn"]
+    sweep = sorted(cp["sweep"], key=lambda r: r["macs_per_image"])
+    ax.plot([r["macs_per_image"] / 1e6 for r in sweep], [100 * r["top1"] for r in sweep], "o-", color="tab:blue",
+            label="CP-CNN, tau sweep (calibration)")
+    policies = ms["policies"]
+    ax.scatter([r["macs_per_image"] / 1e6 for r in policies], [100 * r["top1"] for r in policies], s=8, color="tab:orange",
+               alpha=0.4, label="MS-CNN policies (calibration)")
+    points = [
+        ("base ResNet", base, "k", "s"),
+        ("CP-CNN chosen (test)", cp["chosen"], "tab:blue", "*"),
+        ("CP-CNN oracle routing", cp["oracle"], "tab:blue", "^"),
+        ("MS-CNN full network", ms["full"], "tab:orange", "s"),
+        ("MS-CNN chosen (test)", ms["chosen"], "tab:orange", "*"),
+        ("MS-CNN oracle exit", ms["oracle"], "tab:orange", "^"),
+        ("compute-matched ResNet", report["baselines"]["compute_matched"], "tab:green", "D"),
+    ]
+    uniform = report["baselines"].get("uniform_threshold_exit") or {}
+    if "top1" in uniform:
+        points.append(("uniform-threshold exit (prior art)", uniform, "tab:red", "v"))
+    for label, point, color, marker in points:
+        ax.scatter(point["macs_per_image"] / 1e6, 100 * point["top1"], color=color, marker=marker, s=110, edgecolor="k",
+                   zorder=5, label=label)
+    ax.set_xlabel("MACs per image (millions, counted)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"{report['dataset']['name']}: accuracy against compute")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
+    plt.close(fig)
+
+
+def _row(name: str, point: dict[str, Any], base: dict[str, Any]) -> str:
+    speed = point.get("images_per_s")
+    speed_text = f"{speed:.0f} | {speed / base['images_per_s']:.2f}x" if speed else "- | -"
+    return (f"| {name} | {100 * point['top1']:.2f}% | {point['macs_per_image'] / 1e6:.2f} M | "
+            f"{base['macs_per_image'] / point['macs_per_image']:.2f}x | {speed_text} |")
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """report.md: what was gained and what it cost, then the detailed tables and plots of each method."""
+    base, cp, ms, matched = report["base"], report["cpcnn"], report["mscnn"], report["baselines"]["compute_matched"]
+    env, data = report["environment"], report["dataset"]
+    lines = [
+        f"# dynacnn demo report: {data['name']}",
+        "",
+        f"{data['sizes']['train']} training, {data['sizes']['calib']} calibration and {data['sizes']['test']} test images, "
+        f"{data['num_classes']} classes. torch {env['torch']} on {env['device']} ({env['threads']} threads). "
+        "Every threshold, cluster and policy was chosen on the calibration split; the test split was used once per model. "
+        "MACs are counted with torch.utils.flop_counter (FLOPs / 2) over what actually ran; images/s are measured side by "
+        "side in one process at batch 256.",
+        "",
+        "## Summary (test split)",
+        "",
+        "| model | top-1 | MACs/image | MAC speed-up | images/s | wall-clock speed-up |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        _row("base ResNet", base, base),
+        _row(f"CP-CNN, tau = {cp['chosen']['tau']}", cp["chosen"], base),
+        _row(f"MS-CNN, {ms['chosen']['policy']}", ms["chosen"], base),
+        _row(f"compute-matched ResNet (width {matched['width']})", matched, base),
+    ]
+    uniform = report["baselines"].get("uniform_threshold_exit") or {}
+    if "top1" in uniform:
+        lines.append(_row("MS-CNN, uniform-threshold exit (prior art)", uniform, base))
+    lines += ["", verdict(report), "", "![accuracy against MACs](tradeoff.png)", "",
+              "## Side-by-side benchmark", "", format_rows(report["bench"]) if report.get("bench") else "", ""]
+    for section, path in (("CP-CNN", "cpcnn/cpcnn.md"), ("MS-CNN", "mscnn/mscnn.md")):
+        lines += [f"## {section} details", "", f"See [{path}]({path}) for every table and plot of this method.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def verdict(report: dict[str, Any]) -> str:
+    """Plain words on which method wins at equal MACs, including where ours loses."""
+    cp, matched, ms = report["cpcnn"]["chosen"], report["baselines"]["compute_matched"], report["mscnn"]["chosen"]
+    gap = 100 * (cp["top1"] - matched["top1"])
+    words = (f"At about equal MACs ({cp['macs_per_image'] / 1e6:.2f} M against {matched['macs_per_image'] / 1e6:.2f} M), "
+             f"the CP-CNN is {abs(gap):.2f} points {'more' if gap >= 0 else 'less'} accurate than a plain ResNet trained with "
+             f"the same recipe: {'routing wins' if gap > 0 else 'routing loses here'}. ")
+    uniform = report["baselines"].get("uniform_threshold_exit") or {}
+    if "top1" in uniform:
+        words += (f"The MS-CNN's chosen policy reaches {100 * ms['top1']:.2f}% at {ms['macs_per_image'] / 1e6:.2f} M MACs; "
+                  f"the uniform-threshold early exit of prior work reaches {100 * uniform['top1']:.2f}% at "
+                  f"{uniform['macs_per_image'] / 1e6:.2f} M.")
+    return words
+
+
+def write_report(out: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """Write report.json, report.md and tradeoff.png into `out`; return the report."""
+    write_json(out / "report.json", report)
+    plot_tradeoff(report, out / "tradeoff.png")
+    write_text(out / "report.md", render_markdown(report))
+    return report

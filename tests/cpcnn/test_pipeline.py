@@ -1,0 +1,142 @@
+"""End to end on tiny synthetic data: run_cpcnn writes every table, plot and cpcnn.json; reload; resume; bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dynacnn.cpcnn.pipeline import TABLE2_TAUS, convert, load_clusters, load_cpcnn, parse_configs, pick_cheapest, run_cpcnn
+from dynacnn.data import normalize
+from dynacnn.errors import CheckpointError, ConfigError
+from dynacnn.io import write_json
+from dynacnn.runs import DataSpec, ModelSpec, save_run
+from dynacnn.train import ImageBatches, TrainConfig, fit
+
+DATA = DataSpec("synthetic", None, 0.25, 0, {"num_classes": 6, "num_groups": 3, "image_size": 12, "channels": 1,
+                                           "samples_per_class": 24, "test_samples_per_class": 8})
+MEMBERS = [[0, 2, 4], [1, 3], [5]]
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    """A tiny ResNet-18 trained for one epoch on synthetic data, saved as a `dynacnn train` run."""
+    run_dir = tmp_path_factory.mktemp("base")
+    data = DATA.load()
+    spec = ModelSpec("resnet18", 0.125, "small", 6, 1)
+    torch.manual_seed(0)
+    model = spec.build()
+    fit(model, ImageBatches(data.train, data.info, 32, shuffle=True), TrainConfig(epochs=1, batch_size=32, lr=0.05, schedule="cosine"), run_dir=run_dir)
+    save_run(run_dir, model, spec, DATA)
+    return run_dir, data, model
+
+
+@pytest.fixture(scope="module")
+def converted(base_run, tmp_path_factory):
+    run_dir, data, _ = base_run
+    out = tmp_path_factory.mktemp("cpcnn")
+    write_json(out / "clusters.json", {"hyper_classes": [{"id": g, "classes": group} for g, group in enumerate(MEMBERS)]})
+    return out, run_cpcnn(run_dir, out, quick=True, device="cpu", max_drop=5.0)
+
+
+def test_writes_every_artifact(converted):
+    out, _ = converted
+    for name in ("cpcnn.json", "cpcnn.md", "table1_resnet18.md", "fig4_accuracy_macs.png", "fig4_mac_breakdown.png",
+                 "policies.png", "split_sweep.png", "cpcnn.safetensors", "cpcnn_model.json"):
+        assert (out / name).stat().st_size > 0, name
+    markdown = (out / "cpcnn.md").read_text()
+    for heading in ("Table 1 analog", "Table 2", "CC-ideal", "oracle", "Shared-layer sweep", "Activation rule", "Table 1 reproduction"):
+        assert heading in markdown
+
+
+def test_cpcnn_json_has_the_required_keys_and_units(converted):
+    out, result = converted
+    assert json.loads((out / "cpcnn.json").read_text()) == json.loads(json.dumps(result))
+    assert set(result["base"]) >= {"top1", "macs_per_image"}
+    assert result["clusters"] == [[f"g{_}" for _ in []] or names for names in result["clusters"]]
+    assert [len(names) for names in result["clusters"]] == [len(group) for group in MEMBERS]
+    assert [row["tau"] for row in result["sweep"]] == list(TABLE2_TAUS)
+    for row in result["sweep"]:
+        assert set(row) >= {"tau", "top1", "macs_per_image", "activated_hist"}
+        assert 0 <= row["top1"] <= 1 and sum(row["activated_hist"]) == 8 * 6
+    assert set(result["oracle"]) >= {"top1", "macs_per_image"}
+    chosen = result["chosen"]
+    assert set(chosen) >= {"tau", "top1", "macs_per_image", "images_per_s", "base_images_per_s"}
+    assert 0 < chosen["tau"] <= 1 and 0 <= chosen["top1"] <= 1 and chosen["images_per_s"] > 0
+    assert chosen["top1"] == pytest.approx(chosen["cached_top1"])
+    assert result["configs"]["heads"][2] == "trivial" and result["costs"]["heads"][2] == 0
+
+
+def test_reloaded_model_reproduces_the_chosen_point(base_run, converted):
+    out, result = converted
+    _, data, _ = base_run
+    model = load_cpcnn(out)
+    routed = model(normalize(data.test.images, data.info))
+    assert model.tau == result["chosen"]["tau"]
+    assert (routed.probs.argmax(1) == data.test.labels).double().mean().item() == pytest.approx(result["chosen"]["top1"])
+    assert routed.macs.double().mean().item() == pytest.approx(result["chosen"]["macs_per_image"])
+
+
+def test_resume_reuses_finished_components(base_run, converted):
+    run_dir, data, model = base_run
+    out, result = converted
+    components = sorted((out / "components").glob("*.json"))
+    stamps = [path.stat().st_mtime_ns for path in components]
+    again = convert(model, data, out, quick=True, device="cpu", max_drop=5.0, resume=True, split=result["split"],
+                    configs={"clustifier": result["configs"]["clustifier"], "0": result["configs"]["heads"][0],
+                             "1": result["configs"]["heads"][1]})
+    assert [path.stat().st_mtime_ns for path in components] == stamps
+    assert again["configs"] == result["configs"]
+
+
+def test_bad_input_is_refused_before_any_work(base_run, tmp_path):
+    run_dir, data, model = base_run
+    with pytest.raises(ConfigError, match="tau"):
+        run_cpcnn(run_dir, tmp_path, tau=1.5)
+    with pytest.raises(ConfigError, match="split point"):
+        convert(model, data, tmp_path, split="layer4")
+    with pytest.raises(ConfigError, match="max_drop"):
+        convert(model, data, tmp_path, max_drop=-1)
+    wrong = ModelSpec("resnet18", 0.125, "small", 4, 1)
+    with pytest.raises(ConfigError, match="classes"):
+        convert(wrong.build(), data, tmp_path)
+    (tmp_path / "wrong").mkdir()
+    save_run(tmp_path / "wrong", wrong.build(), wrong, DATA)
+    with pytest.raises(ConfigError, match="classes"):
+        run_cpcnn(tmp_path / "wrong", tmp_path / "out")
+    write_json(tmp_path / "clusters.json", {"hyper_classes": [{"classes": group} for group in MEMBERS]})
+    with pytest.raises(ConfigError, match="unknown configuration"):
+        convert(model, data, tmp_path, configs="L1,L9")
+    with pytest.raises(ConfigError, match="hyper-class index"):
+        convert(model, data, tmp_path, configs="7=L1")
+    with pytest.raises(CheckpointError):
+        load_cpcnn(tmp_path / "nothing")
+    assert not (tmp_path / "cpcnn.json").exists()
+
+
+def test_clusters_are_fitted_when_absent_and_checked_when_given(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(6).repeat(20)
+    logits = torch.randn(120, 6, generator=generator) + 4 * torch.nn.functional.one_hot(labels, 6)
+    logits[:, [0, 1, 2]] += 2 * (labels[:, None] < 3)
+    members, clusters = load_clusters(tmp_path, torch.softmax(logits, 1), labels, [f"c{i}" for i in range(6)], 0)
+    assert sorted(c for group in members for c in group) == list(range(6))
+    assert (tmp_path / "clusters.json").exists() and (tmp_path / "eigenvalues.png").exists()
+    write_json(tmp_path / "clusters.json", {"hyper_classes": [{"classes": [0, 1]}, {"classes": [1, 2, 3, 4, 5]}]})
+    with pytest.raises(ConfigError, match="partition"):
+        load_clusters(tmp_path, torch.softmax(logits, 1), labels, [f"c{i}" for i in range(6)], 0)
+    write_json(tmp_path / "clusters.json", {"hyper_classes": [{"classes": [0, 1, 2]}, {"classes": [3, 4]}]})
+    with pytest.raises(ConfigError, match="6"):
+        load_clusters(tmp_path, torch.softmax(logits, 1), labels, [f"c{i}" for i in range(6)], 0)
+
+
+def test_configuration_selection_and_parsing():
+    records = {"L0": {"calib_top1": 0.90, "macs": 100}, "L1": {"calib_top1": 0.897, "macs": 60}, "L22": {"calib_top1": 0.88, "macs": 10}}
+    assert pick_cheapest(records, 0.5) == "L1"
+    assert pick_cheapest(records, 2.0) == "L22"
+    assert pick_cheapest(records, 0.0) == "L0"
+    assert parse_configs("L1, L22") == ({}, ("L1", "L22"))
+    assert parse_configs("0=L44,clustifier=LC") == ({"0": "L44", "clustifier": "LC"}, None)
+    with pytest.raises(ConfigError, match="mixes"):
+        parse_configs("L1,0=L2")
