@@ -53,8 +53,9 @@ def dynamic_fc_precision(model: MSCNN, outputs: StageOutputs, stage_bits: list[i
     check_bits(low_bits)
     probs, bits_read, static_read = None, 0.0, 0.0
     classes = model.config.num_classes
+    device = next(model.parameters()).device
     for stage, head in enumerate(model.heads):
-        hidden = head.hidden(torch.cat(outputs.features[: stage + 1], 1))
+        hidden = head.hidden(torch.cat(outputs.features[: stage + 1], 1).to(device))
         high = hidden @ to_fixed_point(head.fc.weight, stage_bits[stage]).T + to_fixed_point(head.fc.bias, stage_bits[stage])
         row = head.fc.in_features + 1
         static_read += classes * row * stage_bits[stage]
@@ -68,5 +69,5 @@ def dynamic_fc_precision(model: MSCNN, outputs: StageOutputs, stage_bits: list[i
             logits = torch.where(top, high, low)
             bits_read += row * (keep * stage_bits[stage] + (classes - keep) * low_bits_here)
         probs = logits.softmax(1)
-    return {"keep": keep, "low_bits": low_bits, "top1": (probs.argmax(1) == outputs.labels).float().mean().item(),
+    return {"keep": keep, "low_bits": low_bits, "top1": (probs.argmax(1).cpu() == outputs.labels).float().mean().item(),
             "fc_kb_per_image": bits_read / 8 / 1e3, "static_fc_kb_per_image": static_read / 8 / 1e3}

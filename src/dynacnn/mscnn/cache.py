@@ -49,5 +49,6 @@ def collect(model: MSCNN, data, device: torch.device | str = "cpu") -> StageOutp
 
 def head_from_features(model: MSCNN, features: list[torch.Tensor], stage: int) -> torch.Tensor:
     """Stage `stage`'s logits recomputed from (possibly modified) pooled features of stages 0..stage."""
+    device = next(model.parameters()).device
     with torch.no_grad():
-        return model.heads[stage](torch.cat(features[: stage + 1], 1))
+        return model.heads[stage](torch.cat(features[: stage + 1], 1).to(device)).cpu()

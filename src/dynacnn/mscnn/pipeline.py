@@ -24,7 +24,7 @@ from dynacnn.mscnn.cap_conv import FilterImportance, execute_cap_conv, filter_im
 from dynacnn.mscnn.costs import CostModel, measure_costs
 from dynacnn.mscnn.execute import execute
 from dynacnn.mscnn.explore import Point, choose, drop_and_error, evaluate, oracle, pareto, score, sweep
-from dynacnn.mscnn.model import MSCNN, MSCNNConfig, default_config
+from dynacnn.mscnn.model import MSCNN, MSCNNConfig, default_config, table2_config
 from dynacnn.mscnn.policies import simulate
 from dynacnn.mscnn.rank import misclassification_probability, pick_pruning_thresholds, prediction_rank, rank_statistics
 from dynacnn.mscnn.timing import images_per_second
@@ -36,6 +36,8 @@ FORMAT_VERSION = 1
 REQUIRED_KEYS = ("stages", "full", "policies", "oracle", "chosen", "bits")
 BATCH = 256
 MC_TARGETS = (0.01, 0.02, 0.05)
+TABLE2_PARAMS_M = (3.36, 4.54, 5.72, 6.90, 18.15, 20.5, 54.01)
+TABLE2_FLOPS_M = (59.57, 60.75, 61.93, 63.11, 74.36, 76.72, 110.22)
 TIMING_BATCHES = 10  # test batches of 256 timed for the chosen policy against the full network
 
 
@@ -135,6 +137,15 @@ def _frontier_timing(model: MSCNN, points: list[Point], batches: list[torch.Tens
              "ms_per_image": 1e3 / speed[f"{i}"], "full_ms_per_image": 1e3 / speed["full"]} for i, p in enumerate(points)]
 
 
+def _table2() -> list[dict]:
+    """Table II's 7-stage AlexNet widths at 224 px (built on the meta device: shapes only), beside the paper."""
+    with torch.device("meta"):
+        model = MSCNN(table2_config())
+    costs = measure_costs(model, (3, 224, 224))
+    return [{"stage": i + 1, "params": c.params, "macs": c.macs, "paper_params": p * 1e6, "paper_flops": f * 1e6}
+            for i, (c, p, f) in enumerate(zip(costs.stages, TABLE2_PARAMS_M, TABLE2_FLOPS_M))]
+
+
 def _rank_report(calib: StageOutputs, classes: int) -> dict:
     """§IV on the calibration split: PR statistics, P(MC | P_th = L) and the L picked for a few targets."""
     ranks = prediction_rank(calib.logits, calib.labels)
@@ -231,7 +242,7 @@ def analyse_mscnn(out: Path, model: MSCNN, splits, *, max_drop: float = 0.5, qui
     clock.lap("frontier_timing")
 
     sweep_bits = (4, 8, 16) if quick else tuple(range(4, 17))
-    bits_split = splits.calib.subset(256 if quick else 1000, seed)
+    bits_split = splits.calib.subset(256 if quick else 3000, seed)
     bits_x, bits_y = next(iter(ImageBatches(bits_split, info, len(bits_split))(None, dev)))
     bit_curves = bit_sweep(model, bits_x, bits_y, sweep_bits)
     bits_rows = bit_table(model, bit_curves)
@@ -254,6 +265,7 @@ def analyse_mscnn(out: Path, model: MSCNN, splits, *, max_drop: float = 0.5, qui
                             "speedup": chosen["images_per_s"] / speed["full"]},
         "timing": timing,
         "prediction_rank": _rank_report(calib, classes),
+        "table2": [] if quick else _table2(),
         "bits": {"split": "calib", "images": len(bits_split), "tolerance": 0.002, "stages": bits_rows,
                  "sweep": {"float_top1": bit_curves["float_top1"],
                            "top1": [{str(b): a for b, a in curve.items()} for curve in bit_curves["top1"]]},

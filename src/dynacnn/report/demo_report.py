@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import matplotlib
 
@@ -13,6 +13,7 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from dynacnn.bench import Contender, format_rows, measure  # noqa: E402
+from dynacnn.errors import ConfigError  # noqa: E402
 from dynacnn.flops import count_macs  # noqa: E402
 from dynacnn.io import atomic_write, read_json, write_json, write_text  # noqa: E402
 from dynacnn.runs import load_run  # noqa: E402
@@ -36,12 +37,29 @@ def demo_contenders(out: Path, input_shape: tuple[int, ...], device: torch.devic
         contenders.append(Contender(name, model, macs))
     cpcnn = load_cpcnn(out / "cpcnn", device)
     contenders.insert(1, Contender("cpcnn", cpcnn, read_json(out / "cpcnn" / "cpcnn.json")["chosen"]["macs_per_image"]))
-    mscnn_infer = load_mscnn(out / "mscnn", device)
-    contenders.insert(2, Contender("mscnn", mscnn_infer, read_json(out / "mscnn" / "mscnn.json")["chosen"]["macs_per_image"]))
+    chosen = load_mscnn(out / "mscnn")["chosen"]
+    contenders.insert(2, Contender("mscnn", mscnn_runner(out / "mscnn", chosen, device), chosen["macs_per_image"]))
     return contenders
 
 
-def benchmark(out: Path, splits: Any, device: torch.device, console: Console) -> dict[str, Any]:
+def mscnn_runner(out: Path, chosen: dict[str, Any], device: torch.device) -> Callable[[torch.Tensor], Any]:
+    """The MS-CNN's chosen policy as an executing function (real early exit / FC-row pruning)."""
+    from dynacnn.mscnn import Policy, execute, load_model
+
+    if chosen["policy"] == "CAP_CONV":
+        raise ConfigError(f"{out}: the chosen MS-CNN policy is CAP_CONV, which the demo benchmark cannot rebuild; "
+                          "its speed is in mscnn.json")
+    model = load_model(out, device)
+    settings = chosen["settings"]
+    kind = "PTHP" if "s_th" in settings else "TP" if "d_ct" in settings else "CAP_FC" if "p_th" in settings else "full"
+    policy = Policy(kind, model.num_stages, model.config.num_classes,
+                    d_ct=tuple(settings["d_ct"]) if "d_ct" in settings else None, top_c=settings.get("top_c", 5),
+                    p_th=tuple(settings["p_th"]) if "p_th" in settings else None,
+                    s_th=tuple(settings["s_th"]) if "s_th" in settings else None, stop_size=settings.get("stop_size", 0))
+    return lambda x: execute(model, x, policy)
+
+
+def benchmark(out: Path, splits: Any, device: torch.device, console: Console, repeats: int = 5) -> dict[str, Any]:
     """Images/s of every contender at batch 1, 32 and 256 on the test split, interleaved; writes bench.json/.md."""
     from dynacnn.data import normalize
 
@@ -49,13 +67,13 @@ def benchmark(out: Path, splits: Any, device: torch.device, console: Console) ->
     images = normalize(splits.test.images, splits.info).to(device)
     if device.type == "cpu":
         images = images.contiguous(memory_format=torch.channels_last)
-    rows = measure(contenders, images, BATCH_SIZES, repeats=5)
+    rows = measure(contenders, images, BATCH_SIZES, repeats=repeats, max_images_batch1=500 if repeats > 2 else 100)
     console.print(format_rows(rows))
     result = {
         "rows": rows,
         "images_per_s": {row["model"]: row["images_per_s"] for row in rows if row["batch_size"] == 256},
         "note": "interleaved repetitions in one process; speed-ups are per-repetition base time / model time (min and median); "
-                f"batch 1 is timed on the first 500 test images; device {device}",
+                f"batch 1 is timed on the first {500 if repeats > 2 else 100} test images; device {device}",
     }
     write_json(out / "bench.json", result)
     write_text(out / "bench.md", format_rows(rows))
@@ -97,8 +115,7 @@ def plot_tradeoff(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _row(name: str, point: dict[str, Any], base: dict[str, Any]) -> str:
-    speed = point.get("images_per_s")
+def _row(name: str, point: dict[str, Any], base: dict[str, Any], speed: float | None = None) -> str:
     speed_text = f"{speed:.0f} | {speed / base['images_per_s']:.2f}x" if speed else "- | -"
     return (f"| {name} | {100 * point['top1']:.2f}% | {point['macs_per_image'] / 1e6:.2f} M | "
             f"{base['macs_per_image'] / point['macs_per_image']:.2f}x | {speed_text} |")
@@ -107,7 +124,7 @@ def _row(name: str, point: dict[str, Any], base: dict[str, Any]) -> str:
 def render_markdown(report: dict[str, Any]) -> str:
     """report.md: what was gained and what it cost, then the detailed tables and plots of each method."""
     base, cp, ms, matched = report["base"], report["cpcnn"], report["mscnn"], report["baselines"]["compute_matched"]
-    env, data = report["environment"], report["dataset"]
+    env, data, speed = report["environment"], report["dataset"], report["images_per_s_batch256"]
     lines = [
         f"# dynacnn demo report: {data['name']}",
         "",
@@ -121,10 +138,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "| model | top-1 | MACs/image | MAC speed-up | images/s | wall-clock speed-up |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
-        _row("base ResNet", base, base),
-        _row(f"CP-CNN, tau = {cp['chosen']['tau']}", cp["chosen"], base),
-        _row(f"MS-CNN, {ms['chosen']['policy']}", ms["chosen"], base),
-        _row(f"compute-matched ResNet (width {matched['width']})", matched, base),
+        _row("base ResNet", base, base, speed["base"]),
+        _row(f"CP-CNN, tau = {cp['chosen']['tau']}", cp["chosen"], base, speed["cpcnn"]),
+        _row(f"MS-CNN, {ms['chosen']['policy']}", ms["chosen"], base, speed["mscnn"]),
+        _row(f"compute-matched ResNet (width {matched['width']})", matched, base, speed["matched"]),
     ]
     uniform = report["baselines"].get("uniform_threshold_exit") or {}
     if "top1" in uniform:

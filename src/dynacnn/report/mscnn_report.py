@@ -37,23 +37,23 @@ def _save(fig: Figure, path: Path) -> str:
 def plot_tradeoff(result: dict, out: Path) -> str:
     """Figs. 5, 6, 8: calibration top-1 against average MACs and parameters per image, frontier, oracle, chosen."""
     fig = Figure(figsize=(12, 4.5))
-    for panel, (column, label) in enumerate(((0, "MACs per image"), (2, "parameters read per image"))):
+    for panel, (column, label) in enumerate(((0, "MACs per image (M)"), (2, "parameters read per image (M)"))):
         ax = fig.add_subplot(1, 2, panel + 1)
         for name, points in result["all_calib"].items():
             color = FAMILY_COLORS.get(name, "C4")
-            ax.scatter([p[column] for p in points], [100 * p[1] for p in points], s=5, alpha=0.3, color=color, label=name)
-            front = sorted(((p[column], p[1]) for p in points))
+            ax.scatter([p[column] / 1e6 for p in points], [100 * p[1] for p in points], s=5, alpha=0.3, color=color, label=name)
+            front = sorted(((p[column] / 1e6, p[1]) for p in points))
             best, line = -1.0, []
             for x, y in front:
                 if y > best:
                     best, line = y, line + [(x, y)]
             ax.plot([x for x, _ in line], [100 * y for _, y in line], "-", color=color, lw=1)
         oracle = result["oracle"]["calib"]
-        ax.scatter([oracle["macs_per_image" if column == 0 else "params_per_image"]], [100 * oracle["top1"]],
+        ax.scatter([oracle["macs_per_image" if column == 0 else "params_per_image"] / 1e6], [100 * oracle["top1"]],
                    marker="*", s=150, color="gold", edgecolor="k", label="oracle", zorder=5)
         chosen = result["chosen"]
         if column == 0:
-            ax.scatter([chosen["calib_macs_per_image"]], [100 * chosen["calib_top1"]], marker="D", s=60,
+            ax.scatter([chosen["calib_macs_per_image"] / 1e6], [100 * chosen["calib_top1"]], marker="D", s=60,
                        facecolor="none", edgecolor="k", label=f"chosen ({chosen['policy']})", zorder=5)
         full = result["full"]
         ax.axhline(100 * full["calib_top1"], color="k", ls=":", lw=0.8)
@@ -123,13 +123,26 @@ def plot_timing(result: dict, out: Path) -> str:
     """Fig. 9: top-1 against measured time per image of frontier policies."""
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    for row in result["timing"]:
-        ax.scatter(row["ms_per_image"], 100 * row["top1"], color=FAMILY_COLORS.get(row["name"].replace("PTHP-C5", "PTHP").replace("PTHP-C1", "PTHP"), "C4"), s=15)
+    for family in sorted({row["name"] for row in result["timing"]}):
+        rows = [row for row in result["timing"] if row["name"] == family]
+        color = FAMILY_COLORS.get(family.split("-")[0] if family.startswith("PTHP") else family, "C4")
+        ax.scatter([r["ms_per_image"] for r in rows], [100 * r["top1"] for r in rows], color=color, s=15, label=family)
     if result["timing"]:
         ax.axvline(result["timing"][0]["full_ms_per_image"], color="k", ls=":", lw=0.8, label="full network")
     ax.set(xlabel="measured ms per image (CPU, batch 256)", ylabel="top-1 (%), calibration")
     ax.legend(fontsize=8)
     return _save(fig, out / "mscnn_timing.png")
+
+
+def _table2_section(rows: list[dict]) -> list[str]:
+    """Table II's 7-stage AlexNet widths built with our stage blocks (3x3 convs, strides 2, 2, 2, 1, maps pooled
+    to 6x6), at 224 px: parameters match the paper's; MACs differ because AlexNet's 11x11 and 5x5 kernels are not used."""
+    if not rows:
+        return []
+    return ["\nTable II configuration (`table2_config()`, 224 px, counted on the meta device):\n\n",
+            _table(["stage", "params", "paper params", "MACs", "paper FLOPs"],
+                   [[r["stage"], format_count(r["params"]), format_count(r["paper_params"]), format_count(r["macs"]),
+                     format_count(r["paper_flops"])] for r in rows])]
 
 
 def markdown(result: dict, plots: list[str]) -> str:
@@ -140,6 +153,7 @@ def markdown(result: dict, plots: list[str]) -> str:
              _table(["stage", "band", "params", "MACs", "cumulative MACs", "top-1", "calib top-1"],
                     [[s["stage"], s["band"], format_count(s["params"]), format_count(s["macs"]), format_count(s["cumulative_macs"]),
                       _pct(s["top1"]), _pct(s["calib_top1"])] for s in result["stages"]]),
+             *_table2_section(result.get("table2", [])),
              "\n## Full network, oracle and chosen policy\n\n",
              _table(["", "top-1", "MACs / image", "MAC fraction", "images/s"],
                     [["full MS-CNN", _pct(full["top1"]), format_count(full["macs_per_image"]), "100%", f"{full['images_per_s']:.0f}"],

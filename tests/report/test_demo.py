@@ -1,0 +1,71 @@
+import json
+import re
+from importlib import resources
+
+import jsonschema
+import pytest
+from rich.console import Console
+
+from dynacnn.errors import ConfigError
+from dynacnn.report.demo import run_demo, uniform_threshold_exit
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    run_demo(out, data="synthetic", quick=True, device="cpu", data_options={"samples_per_class": 60},
+             console=Console(file=open(out / "console.txt", "w"), width=120))
+    return out
+
+
+def test_quick_demo_report_validates_against_the_schema(demo_dir):
+    schema = json.loads(resources.files("dynacnn.report").joinpath("report.schema.json").read_text())
+    report = json.loads((demo_dir / "report.json").read_text())
+    jsonschema.validate(report, schema)
+    assert report["base"]["images_per_s"] > 0
+    assert {row["batch_size"] for row in report["bench"]} == {1, 32, 256}
+    assert {row["model"] for row in report["bench"]} == {"base", "cpcnn", "mscnn", "matched"}
+
+
+def test_schema_rejects_a_report_missing_its_parts(demo_dir):
+    schema = json.loads(resources.files("dynacnn.report").joinpath("report.schema.json").read_text())
+    report = json.loads((demo_dir / "report.json").read_text())
+    broken = {key: value for key, value in report.items() if key != "cpcnn"}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+    report["base"]["top1"] = 93.0  # a percentage where a fraction belongs
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(report, schema)
+
+
+def test_report_markdown_links_only_existing_files(demo_dir):
+    text = (demo_dir / "report.md").read_text()
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    assert "tradeoff.png" in links
+    for link in links:
+        assert (demo_dir / link).exists(), link
+    console = (demo_dir / "console.txt").read_text()
+    assert "speed-up vs base" in console and "CP-CNN" in console
+
+
+def test_a_rerun_reuses_every_finished_step(demo_dir):
+    before = {p.name: p.stat().st_mtime for p in (demo_dir / "base").iterdir()}
+    run_demo(demo_dir, data="synthetic", quick=True, device="cpu", data_options={"samples_per_class": 60},
+             console=Console(file=open(demo_dir / "console2.txt", "w"), width=120))
+    assert {p.name: p.stat().st_mtime for p in (demo_dir / "base").iterdir()} == before
+    assert "found, reusing" in (demo_dir / "console2.txt").read_text()
+
+
+def test_uniform_threshold_baseline_is_chosen_on_calibration():
+    mscnn = {"full": {"calib_top1": 0.9}, "policies": [
+        {"name": "uniform-C1", "settings": {}, "top1": 0.5, "macs_per_image": 1.0, "calib_top1": 0.80, "calib_macs_per_image": 1.0},
+        {"name": "uniform-C1", "settings": {}, "top1": 0.88, "macs_per_image": 2.0, "calib_top1": 0.897, "calib_macs_per_image": 2.0},
+        {"name": "TP-C1", "settings": {}, "top1": 0.9, "macs_per_image": 0.5, "calib_top1": 0.9, "calib_macs_per_image": 0.5},
+    ]}
+    assert uniform_threshold_exit(mscnn, 0.5)["macs_per_image"] == 2.0
+    assert uniform_threshold_exit(mscnn, 0.0) == {}
+
+
+def test_negative_max_drop_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="--max-drop"):
+        run_demo(tmp_path, data="synthetic", quick=True, max_drop=-1)
