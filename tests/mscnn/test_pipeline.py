@@ -37,6 +37,7 @@ def test_writes_the_required_artifacts(run) -> None:
     assert set(result["full"]) >= {"top1", "macs_per_image", "images_per_s"}
     assert all(set(row) >= {"name", "settings", "top1", "macs_per_image", "params_per_image"} for row in result["policies"])
     assert set(result["oracle"]) >= {"top1", "macs_per_image"}
+    assert result["uniform_chosen"]["name"] in ("uniform-C1", "uniform-C5", "full")
     assert set(result["chosen"]) >= {"policy", "settings", "top1", "macs_per_image", "images_per_s"}
     assert [set(row) >= {"saturation_bits", "size_mb_32", "size_mb_bits"} for row in result["bits"]["stages"]] == [True] * 3
 

@@ -223,6 +223,12 @@ def analyse_mscnn(out: Path, model: MSCNN, splits, *, max_drop: float = 0.5, qui
     candidates = [p for points in families.values() for p in points] + conv_points
     chosen_point = choose(candidates, full_calib, max_drop, drop_z)
     calib_drop, calib_error = drop_and_error(chosen_point, full_calib)
+    uniform_point = choose([p for name in families if name.startswith("uniform") for p in families[name]] + [full_calib],
+                           full_calib, max_drop, drop_z)
+    uniform_tested = evaluate(test, uniform_point.policy, costs, uniform_point.name)
+    uniform_chosen = {"name": uniform_point.name, "settings": uniform_point.settings, "top1": uniform_tested.top1,
+                      "macs_per_image": uniform_tested.macs_per_image, "params_per_image": uniform_tested.params_per_image,
+                      "calib_top1": uniform_point.top1, "calib_macs_per_image": uniform_point.macs_per_image}
     repeats = 1 if quick else 3
     chosen, speed = _measure_chosen(model, chosen_point, importance, splits.test, info, test, costs, dev, repeats)
     clock.lap("chosen")
@@ -260,6 +266,7 @@ def analyse_mscnn(out: Path, model: MSCNN, splits, *, max_drop: float = 0.5, qui
         "all_calib": {name: [[p.macs_per_image, p.top1, p.params_per_image] for p in points] for name, points in families.items()},
         "cap_conv": conv_rows,
         "oracle": oracle(test, costs) | {"calib": oracle(calib, costs)},
+        "uniform_chosen": uniform_chosen,
         "chosen": chosen | {"max_drop": max_drop, "drop_z": drop_z, "calib_drop": calib_drop, "calib_drop_se": calib_error,
                             "macs_fraction": chosen["macs_per_image"] / costs.full_macs,
                             "speedup": chosen["images_per_s"] / speed["full"]},

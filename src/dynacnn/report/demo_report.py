@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -121,7 +122,7 @@ def _row(name: str, point: dict[str, Any], base: dict[str, Any], speed: float | 
             f"{base['macs_per_image'] / point['macs_per_image']:.2f}x | {speed_text} |")
 
 
-def render_markdown(report: dict[str, Any]) -> str:
+def render_markdown(report: dict[str, Any], out: Path) -> str:
     """report.md: what was gained and what it cost, then the detailed tables and plots of each method."""
     base, cp, ms, matched = report["base"], report["cpcnn"], report["mscnn"], report["baselines"]["compute_matched"]
     env, data, speed = report["environment"], report["dataset"], report["images_per_s_batch256"]
@@ -148,9 +149,21 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(_row("MS-CNN, uniform-threshold exit (prior art)", uniform, base))
     lines += ["", verdict(report), "", "![accuracy against MACs](tradeoff.png)", "",
               "## Side-by-side benchmark", "", format_rows(report["bench"]) if report.get("bench") else "", ""]
-    for section, path in (("CP-CNN", "cpcnn/cpcnn.md"), ("MS-CNN", "mscnn/mscnn.md")):
-        lines += [f"## {section} details", "", f"See [{path}]({path}) for every table and plot of this method.", ""]
+    for folder in ("cpcnn", "mscnn"):
+        lines += [embedded_markdown(out / folder / f"{folder}.md", folder), ""]
+        linked = set(re.findall(r"\]\(([^)]+)\)", lines[-2]))
+        lines += [f"![{png.stem.replace('_', ' ')}]({folder}/{png.name})" for png in sorted((out / folder).glob("*.png"))
+                  if f"{folder}/{png.name}" not in linked]
+        lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def embedded_markdown(path: Path, folder: str) -> str:
+    """A method's own markdown report, headings demoted one level and relative links re-rooted at `folder`."""
+    if not path.exists():
+        return f"({path.name} was not written)"
+    text = re.sub(r"^(#+) ", r"#\1 ", path.read_text(), flags=re.MULTILINE)
+    return re.sub(r"\]\((?!https?:|/|#)([^)]+)\)", rf"]({folder}/\1)", text)
 
 
 def verdict(report: dict[str, Any]) -> str:
@@ -172,5 +185,5 @@ def write_report(out: Path, report: dict[str, Any]) -> dict[str, Any]:
     """Write report.json, report.md and tradeoff.png into `out`; return the report."""
     write_json(out / "report.json", report)
     plot_tradeoff(report, out / "tradeoff.png")
-    write_text(out / "report.md", render_markdown(report))
+    write_text(out / "report.md", render_markdown(report, out))
     return report

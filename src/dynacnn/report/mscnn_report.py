@@ -160,7 +160,10 @@ def markdown(result: dict, plots: list[str]) -> str:
                      ["oracle (bound)", _pct(oracle["top1"]), format_count(oracle["macs_per_image"]),
                       _pct(oracle["macs_per_image"] / full["macs_per_image"]), "-"],
                      [f"chosen {chosen['policy']}", _pct(chosen["top1"]), format_count(chosen["macs_per_image"]),
-                      _pct(chosen["macs_fraction"]), f"{chosen['images_per_s']:.0f}"]]),
+                      _pct(chosen["macs_fraction"]), f"{chosen['images_per_s']:.0f}"],
+                     [f"prior art: uniform D_ct ({result['uniform_chosen']['name']}, same rule)", _pct(result["uniform_chosen"]["top1"]),
+                      format_count(result["uniform_chosen"]["macs_per_image"]),
+                      _pct(result["uniform_chosen"]["macs_per_image"] / full["macs_per_image"]), "-"]]),
              f"\nChosen on the calibration split as the cheapest policy whose top-1 drop plus {chosen['drop_z']} standard errors "
              f"is at most --max-drop {chosen['max_drop']} points (its calibration drop: {100 * chosen['calib_drop']:.2f} "
              f"+- {100 * chosen['calib_drop_se']:.2f} points): {_settings(chosen['settings'])}; "
