@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from dynacnn.io import write_json
 from dynacnn.mscnn.pipeline import run_mscnn
 
@@ -40,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", type=Path, default=Path("runs/base"))
     parser.add_argument("--baseline-top1", type=float, default=None)
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     started = time.perf_counter()
     result = run_mscnn(args.out, data="fashion-mnist", epochs=args.epochs, resume=args.resume, max_drop=args.max_drop, device="cpu")
@@ -59,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         "chosen": {k: chosen[k] for k in ("policy", "settings", "top1", "macs_per_image", "macs_fraction", "images_per_s",
                                           "speedup", "exit_fractions", "agreement_with_cached")},
         "full_images_per_s": full["images_per_s"], "oracle": {k: result["oracle"][k] for k in ("top1", "macs_per_image")},
-        "checks": checks, "seconds_this_process": seconds,
+        "checks": checks, "seconds_this_process": seconds, "torch_threads": torch.get_num_threads(),
     }
     write_json(args.out / "benchmark.json", summary)
     print(f"baseline ResNet top-1 {base:.4f} ({source}); full MS-CNN {full['top1']:.4f} at {full['macs_per_image'] / 1e6:.2f} M MACs")

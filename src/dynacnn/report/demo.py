@@ -160,8 +160,11 @@ def run_demo(
 
 
 def uniform_threshold_exit(mscnn: dict[str, Any], max_drop: float) -> dict[str, Any]:
-    """Prior art's early exit (one confidence threshold for every stage), chosen like ours: the cheapest
-    uniform threshold whose calibration top-1 is within `max_drop` points of the full MS-CNN's."""
+    """Prior art's early exit (one confidence threshold for every stage), chosen like ours: the MS-CNN
+    pipeline's `uniform_chosen` (same --max-drop rule as our policies), else the cheapest uniform threshold
+    whose calibration top-1 is within `max_drop` points of the full MS-CNN's."""
+    if mscnn.get("uniform_chosen"):
+        return mscnn["uniform_chosen"]
     floor = mscnn["full"]["calib_top1"] - max_drop / 100
     rows = [r for r in mscnn["policies"] if r["name"].startswith("uniform") and r["calib_top1"] >= floor]
     if not rows:
