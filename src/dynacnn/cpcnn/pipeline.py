@@ -14,7 +14,8 @@ with torchvision's attribute names (e.g. a torchvision `resnet18(num_classes=K)`
    augmented copies; each training sample is drawn from one of its copies), calibration and test.
 5. Clustifier M and heads H_g are trained on the cached outputs with S frozen (`dynacnn.train.fit`),
    one per candidate configuration; the cheapest one (in MACs) whose calibration top-1 is within a
-   tolerance of the best is kept (the paper's {C0: L44, C1: L1, ...}), unless `configs` fixes it.
+   tolerance of the best is kept (the paper's {C0: L44, C1: L1, ...}), unless `configs` fixes it. The
+   heads' tolerance is given, or the largest of `HEAD_TOLERANCES` whose CP-CNN meets `max_drop`.
    Single-class hyper-classes get a `TrivialHead` (zero MACs, probability 1). Heads start from the
    backbone's weights where their stages are kept; the clustifier is also distilled from the backbone's
    hyper-class probabilities (`DISTILL`).
@@ -73,8 +74,9 @@ DEFAULT_EPOCHS = 4
 TABLE2_TAUS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 SELECTION_TAUS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
 CLUSTIFIER_CONFIGS = ("LP", "LC")
-HEAD_TOLERANCE = 1.0
-"""Points of a hyper-class's calibration top-1 a cheaper head configuration may lose against the best."""
+HEAD_TOLERANCES = (5.0, 3.0, 2.0, 1.5, 1.0, 0.5, 0.25, 0.0)
+"""Points of a hyper-class's calibration top-1 a cheaper head configuration may lose against the best: with
+`head_tolerance=None` the largest of these whose CP-CNN still meets `max_drop` on the calibration split."""
 CLUSTIFIER_TOLERANCE = 0.2
 """Points of hyper-class calibration top-1 a cheaper clustifier configuration may lose against the best."""
 TIMING_BATCH = 256
@@ -467,7 +469,7 @@ def convert(
     feature_copies: int = 1,
     lr: float = 0.05,
     distill: float = DISTILL,
-    head_tolerance: float = HEAD_TOLERANCE,
+    head_tolerance: float | None = None,
     spec: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Turn a trained ResNet and its data (`DatasetSplits`) into a CP-CNN in `out_dir`; return the cpcnn.json dict."""
@@ -482,6 +484,9 @@ def convert(
         check_split(split)
     if isinstance(distill, bool) or not isinstance(distill, (int, float)) or not 0 <= distill <= 1:
         raise ConfigError(f"distill {distill!r} must be a weight in [0, 1] (0: plain cross-entropy)")
+    if head_tolerance is not None and (isinstance(head_tolerance, bool) or not isinstance(head_tolerance, (int, float))
+                                       or not 0 <= head_tolerance <= 100):
+        raise ConfigError(f"head_tolerance {head_tolerance!r} must be a number of percentage points in [0, 100], or None")
     if not isinstance(feature_copies, int) or feature_copies < 1:
         raise ConfigError(f"feature_copies {feature_copies!r} must be a positive integer")
     check_backbone(backbone)
@@ -614,12 +619,17 @@ def convert(
         clustifiers[name] = module
         table1["clustifier"][name] = {"calib_top1": record["calib_top1"], "macs": config_macs(module)}
     clustifier_name = pick_cheapest(table1["clustifier"], CLUSTIFIER_TOLERANCE)
-    head_names: list[str] = []
-    heads: list[nn.Module] = []
+    clustifier = clustifiers[clustifier_name]
+    v_calib = torch.softmax(_outputs(clustifier, features_in["calib"]).cpu().double(), dim=1)
+    v_test = torch.softmax(_outputs(clustifier, features_in["test"]).cpu().double(), dim=1)
+    confusion = confusion_matrix(calib_groups, v_calib.argmax(1), groups)  # 6. on the calibration split
+    fixed_macs = count_macs(shared, features_in["calib"].new_zeros(1, *shape)).macs + table1["clustifier"][clustifier_name]["macs"]
+    trained: list[dict[str, nn.Module]] = []
+    calib_outputs: list[dict[str, torch.Tensor]] = []
     for g, group in enumerate(members):
+        trained.append({})
+        calib_outputs.append({})
         if trivial[g]:
-            head_names.append("trivial")
-            heads.append(TrivialHead())
             continue
         names = [fixed[str(g)]] if str(g) in fixed else list(candidates or (quick_candidates if quick else allowed))
         in_train = torch.isin(cache["train"].labels, torch.tensor(group))
@@ -628,25 +638,41 @@ def convert(
         train = (cache["train"].features[:, in_train], local[cache["train"].labels[in_train]], None)
         in_calib = calib_groups == g
         calib = (cache["calib"].features[in_calib], local[data.calib.labels[in_calib]])
-        trained, records = {}, {}
+        records = {}
         for name in names:
             module = build_head(backbone, split, name, len(group), shape, group)
             identity = {"split": split, "role": f"h{g}", "config": name, "members": group, "train": asdict(train_config),
                         "copies": int(train[0].shape[0]), "train_images": len(train[1])}
             record = train_component(module, _component_key(split, f"h{g}", name), train, calib, out, train_config,
                                      identity, dev, resume)
-            trained[name] = module
+            trained[g][name] = module
+            calib_outputs[g][name] = torch.softmax(_outputs(module, features_in["calib"]).cpu().double(), dim=1)
             records[name] = {"calib_top1": record["calib_top1"], "macs": config_macs(module)}
         table1[f"h{g}"] = records
-        head_names.append(pick_cheapest(records, head_tolerance))
-        heads.append(trained[head_names[-1]])
     del cache["train"]
 
-    # 6. M's confusion on the calibration split
-    clustifier = clustifiers[clustifier_name]
-    v_calib = torch.softmax(_outputs(clustifier, features_in["calib"]).cpu().double(), dim=1)
-    v_test = torch.softmax(_outputs(clustifier, features_in["test"]).cpu().double(), dim=1)
-    confusion = confusion_matrix(calib_groups, v_calib.argmax(1), groups)
+    def pick_heads(tolerance: float) -> list[str]:
+        return ["trivial" if trivial[g] else pick_cheapest(table1[f"h{g}"], tolerance) for g in range(groups)]
+
+    def calib_point(names: list[str]) -> tuple[dict[str, Any], bool]:
+        """The calibration operating point (tau by max_drop, or the given tau) of one choice of head configurations."""
+        probs = [torch.ones(len(v_calib), 1, dtype=torch.float64) if trivial[g] else calib_outputs[g][name] for g, name in enumerate(names)]
+        macs = torch.tensor([0 if trivial[g] else table1[f"h{g}"][name]["macs"] for g, name in enumerate(names)])
+        rows = policy_rows(v_calib, probs, data.calib.labels, confusion, fixed_macs, macs, SELECTION_TAUS if tau is None else [tau],
+                           rule, weighting)
+        return choose_tau(rows, base_calib_top1, max_drop)
+
+    tolerance_search = []
+    for tolerance in (HEAD_TOLERANCES if head_tolerance is None else (head_tolerance,)):
+        names = pick_heads(tolerance)
+        point, ok = calib_point(names)
+        tolerance_search.append({"tolerance_points": tolerance, "heads": names, "tau": point["tau"], "calib_top1": point["top1"],
+                                 "calib_macs_per_image": point["macs_per_image"], "meets_max_drop": ok})
+        if ok:
+            break
+    chosen_search = next((row for row in tolerance_search if row["meets_max_drop"]), tolerance_search[-1])
+    head_names = chosen_search["heads"]
+    heads = [TrivialHead() if trivial[g] else trained[g][name] for g, name in enumerate(head_names)]
     model = CPCNN(shared, clustifier, heads, members, confusion, shape, rule=rule, weighting=weighting).to(dev).eval()
     head_macs = model.head_macs.cpu()
 
@@ -719,6 +745,7 @@ def convert(
         "configs": {"clustifier": clustifier_name, "heads": head_names},
         "costs": {"shared": model.shared_macs, "clustifier": model.clustifier_macs, "heads": head_macs.tolist()},
         "table1": table1,
+        "tolerance_search": tolerance_search,
         "confusion_calib": confusion.long().tolist(),
         "policy": {"rule": rule, "weighting": weighting},
         "policy_comparison": comparison,
@@ -730,7 +757,7 @@ def convert(
         "chosen": chosen,
         "table1_resnet18": [dict(row) for row in table1_reduction()],
         "settings": {"epochs": train_config.epochs, "lr": lr, "feature_copies": feature_copies, "distill": distill, "quick": quick, "seed": seed,
-                     "head_tolerance_points": head_tolerance, "clustifier_tolerance_points": CLUSTIFIER_TOLERANCE,
+                     "head_tolerance_points": chosen_search["tolerance_points"], "clustifier_tolerance_points": CLUSTIFIER_TOLERANCE,
                      "timing": {"batch_size": TIMING_BATCH, "images": len(timing_images), "repeats": repeats,
                                 "threads": torch.get_num_threads(), "device": str(dev)}},
         "notes": [

@@ -168,6 +168,11 @@ def report_markdown(result: dict[str, Any], plots: Sequence[str]) -> str:
         rows.append([f"{component} MACs"] + [format_count(records[n]["macs"]) if n in records else "" for n in names])
     parts.append("\n## Table 1 analog: calibration top-1 per configuration (within each hyper-class), * = selected\n\n"
                  + _table(["component", *names], rows))
+    parts.append("\nHead selection: per hyper-class, the cheapest configuration within the tolerance of its best; the "
+                 "tolerance is the largest tried whose CP-CNN keeps calibration top-1 within max_drop of the base model.\n\n"
+                 + _table(["tolerance (points)", "heads", "tau", "calib top-1", "MACs / image", "meets max_drop"],
+                          [[f"{r['tolerance_points']:g}", ", ".join(r["heads"]), f"{r['tau']:g}", _pct(r["calib_top1"]),
+                            format_count(r["calib_macs_per_image"]), r["meets_max_drop"]] for r in result["tolerance_search"]]))
     hist_header = [f"#{i + 1}" for i in range(groups)]
     rows = [[f"{r['tau']:g}", *r["activated_hist"], _pct(r["top1"]), f"{100 * (r['top1'] - base['top1']):+.2f}",
              format_count(r["macs_per_image"]), _pct(1 - r["macs_per_image"] / base["macs_per_image"])] for r in result["sweep"]]
