@@ -97,3 +97,19 @@ def test_bad_structure_is_refused():
     model = CPCNN(shared, clustifier, heads, MEMBERS, torch.eye(4), SHAPE)
     with pytest.raises(ConfigError, match="tau"):
         model.set_policy(1.5)
+
+
+def test_channels_last_routing_keeps_the_format_and_the_result(model):
+    model.set_policy(0.6, "top", "clustifier")
+    x = torch.randn(19, *SHAPE, generator=torch.Generator().manual_seed(2))
+    expected = model(x)
+    fast = _cpcnn(build_resnet("resnet18", 9, 3, 0.125, "small").eval())
+    fast.load_state_dict(model.state_dict())
+    fast.set_policy(0.6, "top", "clustifier").to(memory_format=torch.channels_last)
+    formats = []
+    for head in (fast.heads[0], fast.heads[2], fast.heads[3]):
+        head.register_forward_pre_hook(lambda _, args: formats.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    routed = fast(x.contiguous(memory_format=torch.channels_last))
+    assert formats and all(formats)
+    assert torch.allclose(routed.probs, expected.probs, atol=1e-5)
+    assert torch.equal(routed.macs, expected.macs)

@@ -31,6 +31,7 @@ a re-run reuses those whose settings match and continues interrupted training fr
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
@@ -85,6 +86,7 @@ TIMING_REPEATS = 7
 QUICK_TRAIN_IMAGES = 1000
 MIN_ONECYCLE_STEPS = 16
 KD_TEMPERATURE = 2.0
+FORMAT_NAMES = {torch.contiguous_format: "contiguous", torch.channels_last: "channels_last"}
 DISTILL = 0.5
 """Weight of the distillation term in the clustifier's loss: its target is the backbone's hyper-class probability
 (summed over members). Measured on Fashion-MNIST at split layer1 (4 epochs): clustifier 97.15% -> 97.57%
@@ -97,6 +99,7 @@ class FeatureBatches:
     """Batches of cached S outputs (copies, N, ...): each sample comes from one of its copies, drawn at random.
 
     With `teacher` (copies, N, C) logits, inputs are (features, teacher logits) pairs for `Distilled`.
+    Feature maps come in `memory_format` (the trained module's).
     """
 
     features: torch.Tensor
@@ -104,6 +107,7 @@ class FeatureBatches:
     teacher: torch.Tensor | None = None
     batch_size: int = 128
     shuffle: bool = True
+    memory_format: torch.memory_format = torch.contiguous_format
 
     @property
     def num_samples(self) -> int:
@@ -115,7 +119,7 @@ class FeatureBatches:
         for start in range(0, n, self.batch_size):
             index = order[start : start + self.batch_size]
             copy = torch.randint(copies, (len(index),), generator=generator) if copies > 1 else torch.zeros_like(index)
-            inputs = self.features[copy, index].to(device)
+            inputs = as_format(self.features[copy, index].to(device), self.memory_format)
             if self.teacher is not None:
                 inputs = (inputs, self.teacher[copy, index].to(device))
             yield inputs, self.labels[index].to(device)
@@ -197,11 +201,26 @@ def build_backbone(spec: Mapping[str, Any]) -> nn.Module:
 # ---------------------------------------------------------------- cached outputs
 
 
+def memory_format_of(module: nn.Module) -> torch.memory_format:
+    """channels_last if the module's spatial convolution weights are stored that way, else contiguous."""
+    for param in module.parameters():
+        if param.dim() == 4 and param.shape[-1] > 1:
+            channels_last = param.is_contiguous(memory_format=torch.channels_last) and not param.is_contiguous()
+            return torch.channels_last if channels_last else torch.contiguous_format
+    return torch.contiguous_format
+
+
+def as_format(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """A 4-D tensor in `memory_format` (no copy if it already is); other tensors unchanged."""
+    return x.contiguous(memory_format=memory_format) if x.dim() == 4 else x
+
+
 @torch.inference_mode()
 def _outputs(module: nn.Module, inputs: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """module(inputs) in eval mode, batched, on the inputs' device."""
+    """module(inputs) in eval mode, batched, on the inputs' device, inputs in the module's memory format."""
     module.eval()
-    return torch.cat([module(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+    fmt = memory_format_of(module)
+    return torch.cat([module(as_format(inputs[i : i + batch_size], fmt)) for i in range(0, len(inputs), batch_size)])
 
 
 @torch.inference_mode()
@@ -211,8 +230,10 @@ def image_outputs(module: nn.Module, split: Any, info: Any, device: torch.device
     from dynacnn.data import batches
 
     module.eval()
+    fmt = memory_format_of(module)
     generator = torch.Generator().manual_seed(seed)
-    return torch.cat([module(x).cpu() for x, _ in batches(split, info, batch_size, augment=augment, generator=generator, device=device)])
+    return torch.cat([module(as_format(x, fmt)).cpu()
+                      for x, _ in batches(split, info, batch_size, augment=augment, generator=generator, device=device)])
 
 
 def class_probs(backbone: nn.Module, split: Any, info: Any, device: torch.device) -> torch.Tensor:
@@ -238,6 +259,7 @@ def backbone_logits(backbone: nn.Module, split: str, features: torch.Tensor, inp
     """The backbone's logits computed from cached S outputs (copies, N, ...) by its own later stages."""
     num_classes = backbone.fc.out_features
     tail = build_head(backbone, split, "L0", num_classes, input_shape, list(range(num_classes))).to(features.device)
+    tail.to(memory_format=memory_format_of(backbone))
     return torch.stack([_outputs(tail, copy) for copy in features])
 
 
@@ -278,12 +300,13 @@ def train_component(
         if config.epochs * -(-len(train[1]) // config.batch_size) < MIN_ONECYCLE_STEPS:
             config = replace(config, schedule="cosine")  # OneCycleLR divides by zero on a handful of steps
         features, labels, teacher = train
+        fmt = memory_format_of(module)
         if teacher is not None and distill > 0:
-            fit(Distilled(module), FeatureBatches(features, labels, teacher, config.batch_size), config, run_dir=folder / key,
+            fit(Distilled(module), FeatureBatches(features, labels, teacher, config.batch_size, memory_format=fmt), config, run_dir=folder / key,
                 resume=resume, device=device, identity=identity, desc=key, loss_fn=distillation_loss(distill),
                 logits_fn=lambda outputs: outputs[0])
         else:
-            fit(module, FeatureBatches(features, labels, None, config.batch_size), config,
+            fit(module, FeatureBatches(features, labels, None, config.batch_size, memory_format=fmt), config,
                 run_dir=folder / key, resume=resume, device=device, identity=identity, desc=key)
     module.eval()
     logits = _outputs(module, calib[0].to(device)).cpu()
@@ -392,6 +415,23 @@ def measure_throughput(models: Mapping[str, Callable[[torch.Tensor], Any]], imag
     return result
 
 
+def fastest_format(backbone: nn.Module, images: torch.Tensor, repeats: int) -> tuple[torch.memory_format, dict[str, float]]:
+    """The memory format (contiguous or channels_last) in which the base model runs faster; both models then use it."""
+    candidates = {name: copy.deepcopy(backbone).to(memory_format=fmt) for fmt, name in FORMAT_NAMES.items()}
+    inputs = {name: as_format(images, fmt) for fmt, name in FORMAT_NAMES.items()}
+    seconds = {name: [] for name in candidates}
+    with torch.inference_mode():
+        for _ in range(repeats):
+            for name, model in candidates.items():
+                start = time.perf_counter()
+                for begin in range(0, len(images), TIMING_BATCH):
+                    model(inputs[name][begin : begin + TIMING_BATCH])
+                seconds[name].append(time.perf_counter() - start)
+    speed = {name: len(images) / statistics.median(times) for name, times in seconds.items()}
+    best = max(speed, key=speed.get)
+    return next(fmt for fmt, name in FORMAT_NAMES.items() if name == best), speed
+
+
 # ---------------------------------------------------------------- saving
 
 
@@ -406,7 +446,11 @@ def save_cpcnn(model: CPCNN, out_dir: str | Path, meta: dict[str, Any]) -> None:
 
 
 def load_cpcnn(out_dir: str | Path, device: torch.device | str = "cpu") -> CPCNN:
-    """Rebuild the CP-CNN saved by `run_cpcnn` / `convert` in `out_dir` (for `dynacnn bench` and the Python API)."""
+    """Rebuild the CP-CNN saved by `run_cpcnn` / `convert` in `out_dir` (for `dynacnn bench` and the Python API).
+
+    The model comes in the memory format it was timed in (`cpcnn_model.json`: memory_format); feed it inputs
+    in that format too (`x.contiguous(memory_format=torch.channels_last)`) for the measured speed.
+    """
     out = Path(out_dir)
     if not (out / "cpcnn_model.json").exists():
         raise CheckpointError(f"{out} holds no CP-CNN (no cpcnn_model.json); make it with `dynacnn cpcnn --out {out}`")
@@ -424,7 +468,8 @@ def load_cpcnn(out_dir: str | Path, device: torch.device | str = "cpu") -> CPCNN
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{out}/cpcnn_model.json is incomplete ({exc}); re-run the CP-CNN conversion") from None
     load_weights(out / "cpcnn.safetensors", model)
-    return model.to(device).eval()
+    fmt = next((f for f, name in FORMAT_NAMES.items() if name == meta.get("memory_format")), torch.contiguous_format)
+    return model.to(device).to(memory_format=fmt).eval()
 
 
 # ---------------------------------------------------------------- the pipeline
@@ -499,11 +544,18 @@ def convert(
     dev = resolve_device(device)
     out = ensure_dir(out_dir)
     torch.manual_seed(seed)
-    backbone = backbone.to(dev).eval()
+    backbone = copy.deepcopy(backbone).to(dev).eval()  # the caller's model keeps its device and memory format
     shape = tuple(info.input_shape)
     train_limit = QUICK_TRAIN_IMAGES if quick else None
     train_config = TrainConfig(epochs=1 if quick else epochs, batch_size=128, lr=lr, augment=False, seed=seed).validate()
     repeats = 3 if quick else TIMING_REPEATS
+    timing_images = _normalised(data.test, info, dev, TIMING_IMAGES // (4 if quick else 1), seed)
+    fmt, format_speed = fastest_format(backbone, timing_images, repeats)
+    backbone.to(memory_format=fmt)
+    timing_images = as_format(timing_images, fmt)
+
+    def make_head(split_name: str, name: str, outputs: int, classes: Sequence[int] | None = None) -> nn.Module:
+        return build_head(backbone, split_name, name, outputs, shape, classes).to(memory_format=fmt)
 
     # 1-2. base model, hyper-classes
     base_calib = class_probs(backbone, data.calib, info, dev)
@@ -526,7 +578,7 @@ def convert(
             raise ConfigError(f"configs key {key!r} is neither 'clustifier' nor a hyper-class index 0..{groups - 1}")
 
     def fit_clustifier(split_name: str, name: str, cache: dict[str, CachedSplit]) -> tuple[nn.Module, dict[str, Any]]:
-        module = build_head(backbone, split_name, name, groups, shape)
+        module = make_head(split_name, name, groups)
         identity = {"split": split_name, "role": "clustifier", "config": name, "members": members, "train": asdict(train_config),
                     "copies": int(cache["train"].features.shape[0]), "train_images": len(cache["train"].labels), "distill": distill}
         teacher = cache["train"].teacher
@@ -553,7 +605,6 @@ def convert(
     #    (untrained: timing does not depend on weights) under the same routing; the chosen split is the one whose
     #    compressed routing is fastest among those meeting max_drop with uncompressed heads.
     split_rows = []
-    timing_images = _normalised(data.test, info, dev, TIMING_IMAGES // (4 if quick else 1), seed)
     sweep_splits = [split] if split is not None else (["layer2"] if quick else list(SPLIT_POINTS))
     for split_name in sweep_splits:
         shared = shared_part(backbone, split_name)
@@ -564,7 +615,7 @@ def convert(
         clustifier, record = fit_clustifier(split_name, clustifier_name, cache)
         v = torch.softmax(_outputs(clustifier, cache["calib"].features.to(dev)).cpu().double(), dim=1)
         confusion = confusion_matrix(calib_groups, v.argmax(1), groups)
-        heads = [TrivialHead() if trivial[g] else build_head(backbone, split_name, "L0", len(group), shape, group)
+        heads = [TrivialHead() if trivial[g] else make_head(split_name, "L0", len(group), group)
                  for g, group in enumerate(members)]
         model = CPCNN(shared, clustifier, heads, members, confusion, shape, rule=rule, weighting=weighting).to(dev)
         rows = policy_rows(v, restricted(base_calib.double()), data.calib.labels, confusion, model.fixed_macs,
@@ -574,7 +625,7 @@ def convert(
                         [tau], rule, weighting)[0], True)
         model.set_policy(row["tau"])
         smallest = [name for name in available_configurations(split_name) if name in TABLE1][-1]
-        compressed_heads = [TrivialHead() if trivial[g] else build_head(backbone, split_name, smallest, len(group), shape)
+        compressed_heads = [TrivialHead() if trivial[g] else make_head(split_name, smallest, len(group))
                             for g, group in enumerate(members)]
         compressed = CPCNN(shared, clustifier, compressed_heads, members, confusion, shape, tau=row["tau"], rule=rule,
                            weighting=weighting).to(dev)
@@ -640,7 +691,7 @@ def convert(
         calib = (cache["calib"].features[in_calib], local[data.calib.labels[in_calib]])
         records = {}
         for name in names:
-            module = build_head(backbone, split, name, len(group), shape, group)
+            module = make_head(split, name, len(group), group)
             identity = {"split": split, "role": f"h{g}", "config": name, "members": group, "train": asdict(train_config),
                         "copies": int(train[0].shape[0]), "train_images": len(train[1])}
             record = train_component(module, _component_key(split, f"h{g}", name), train, calib, out, train_config,
@@ -710,7 +761,7 @@ def convert(
     # 8. the chosen point, once on the test split, by real routed inference
     test_probs, test_macs = [], []
     for start in range(0, len(data.test), TIMING_BATCH):
-        images = _normalised(data.test, info, dev, None, seed, start, start + TIMING_BATCH)
+        images = as_format(_normalised(data.test, info, dev, None, seed, start, start + TIMING_BATCH), fmt)
         routed = model(images)
         test_probs.append(routed.probs.cpu())
         test_macs.append(routed.macs.cpu())
@@ -732,7 +783,7 @@ def convert(
     chosen["top1_change"] = chosen["top1"] - base_test_top1
 
     save_cpcnn(model, out, {"backbone": spec, "split": split, "clustifier": clustifier_name, "heads": head_names,
-                            "class_names": list(info.class_names)})
+                            "class_names": list(info.class_names), "memory_format": FORMAT_NAMES[fmt]})
     result = {
         "format_version": FORMAT_VERSION,
         "dataset": info.name,
@@ -758,7 +809,8 @@ def convert(
         "table1_resnet18": [dict(row) for row in table1_reduction()],
         "settings": {"epochs": train_config.epochs, "lr": lr, "feature_copies": feature_copies, "distill": distill, "quick": quick, "seed": seed,
                      "head_tolerance_points": chosen_search["tolerance_points"], "clustifier_tolerance_points": CLUSTIFIER_TOLERANCE,
-                     "timing": {"batch_size": TIMING_BATCH, "images": len(timing_images), "repeats": repeats,
+                     "timing": {"memory_format": FORMAT_NAMES[fmt], "base_images_per_s_by_format": format_speed,
+                                "batch_size": TIMING_BATCH, "images": len(timing_images), "repeats": repeats,
                                 "threads": torch.get_num_threads(), "device": str(dev)}},
         "notes": [
             "accuracies are fractions in [0, 1]; MACs are per image (torch.utils.flop_counter FLOPs / 2)",
