@@ -388,3 +388,10 @@ def test_fitted_attributes_are_well_formed(n_classes, per_class, scale, seed, si
     assert connected_components(a > 0)[0] == 1
     assert np.all(np.diff(est.eigenvalues_) >= -1e-9)
     assert 1 <= est.n_neighbors_ <= n_classes - 1
+
+
+def test_estimator_is_exported_from_the_cpcnn_package():
+    from dynacnn.cpcnn import HyperClassClustering as exported
+    from dynacnn.cpcnn.clustering import HyperClassClustering as defined
+
+    assert exported is defined

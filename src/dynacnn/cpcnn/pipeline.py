@@ -481,12 +481,10 @@ def load_clusters(out: Path, calib_probs: torch.Tensor, calib_labels: torch.Tens
     path = out / "clusters.json"
     if not path.exists():
         from dynacnn.cpcnn.clustering import HyperClassClustering
-        from dynacnn.report.cluster_plots import plot_eigenvalues, plot_similarity
+        from dynacnn.cpcnn.discover import write_clusters
 
         estimator = HyperClassClustering(random_state=seed).fit(calib_probs.double().numpy(), calib_labels.numpy())
-        write_json(path, {"class_names": list(class_names), **estimator.to_dict(class_names)})
-        plot_eigenvalues(estimator, out / "eigenvalues.png")
-        plot_similarity(estimator, out / "similarity.png", class_names)
+        write_clusters(out, estimator, class_names)
     clusters = read_json(path)
     try:
         members = [list(entry["classes"]) for entry in clusters["hyper_classes"]]
