@@ -144,9 +144,10 @@ def cpcnn(
     tau: Optional[float] = typer.Option(None, help="fixed Alg. 1 threshold in (0, 1]; default: chosen by --max-drop"),
     max_drop: float = typer.Option(0.5, help="largest calibration top-1 drop against the base, in percentage points"),
     split: Optional[str] = typer.Option(None, help="shared part S ends after: stem | layer1 | layer2 | layer3 (default: chosen)"),
-    configs: Optional[str] = typer.Option(None, help="per-hyper-class configurations, e.g. 'C0:L44,C1:L1,clustifier:L44'"),
+    configs: Optional[str] = typer.Option(None, help="fixed configurations, e.g. 'C0:L44,C1:L1,clustifier:LC', or candidates, e.g. 'L1,L22'"),
     epochs: Optional[int] = typer.Option(None, help="epochs for the clustifier and each head"),
     resume: bool = typer.Option(False, help="reuse finished parts in --out"),
+    memory_format: str = typer.Option("auto", help="auto (the faster, timed) | contiguous | channels_last"),
     seed: int = typer.Option(0),
     device: str = DeviceOpt,
 ) -> None:
@@ -155,7 +156,7 @@ def cpcnn(
 
     extra = {"epochs": epochs} if epochs is not None else {}
     result = run_cpcnn(run, out, tau=tau, max_drop=max_drop, split=split, configs=configs, device=device,
-                       resume=resume, seed=seed, **extra)
+                       resume=resume, seed=seed, memory_format=memory_format, **extra)
     chosen = result["chosen"]
     typer.echo(f"CP-CNN tau {chosen['tau']}: test top-1 {chosen['top1']:.4f}, {chosen['macs_per_image'] / 1e6:.2f} M MACs/image, "
                f"{chosen['images_per_s']:.0f} images/s (base {result['base']['top1']:.4f}, {result['base']['macs_per_image'] / 1e6:.2f} M, "
@@ -170,6 +171,7 @@ def mscnn(
     epochs: Optional[int] = typer.Option(None, help="training epochs"),
     resume: bool = typer.Option(False, help="continue training from the last finished epoch"),
     max_drop: float = typer.Option(0.5, help="largest calibration top-1 drop against the full MS-CNN, in percentage points"),
+    augment: bool = typer.Option(False, "--augment", help="train with random crops and flips (off: see README)"),
     seed: int = typer.Option(0),
     device: str = DeviceOpt,
 ) -> None:
@@ -177,7 +179,8 @@ def mscnn(
     from dynacnn.mscnn.pipeline import run_mscnn
 
     extra = {"epochs": epochs} if epochs is not None else {}
-    result = run_mscnn(out, data=data, data_dir=data_dir, resume=resume, max_drop=max_drop, device=device, seed=seed, **extra)
+    result = run_mscnn(out, data=data, data_dir=data_dir, resume=resume, max_drop=max_drop, device=device, seed=seed,
+                       augment=augment, **extra)
     chosen, full = result["chosen"], result["full"]
     typer.echo(f"MS-CNN {chosen['policy']}: test top-1 {chosen['top1']:.4f}, {chosen['macs_per_image'] / 1e6:.2f} M MACs/image "
                f"({chosen['macs_per_image'] / full['macs_per_image']:.0%} of the full network), {chosen['images_per_s']:.0f} images/s "

@@ -138,5 +138,6 @@ def test_configuration_selection_and_parsing():
     assert pick_cheapest(records, 0.0) == "L0"
     assert parse_configs("L1, L22") == ({}, ("L1", "L22"))
     assert parse_configs("0=L44,clustifier=LC") == ({"0": "L44", "clustifier": "LC"}, None)
+    assert parse_configs("C0:L44, C1:L1, clustifier:LC") == ({"0": "L44", "1": "L1", "clustifier": "LC"}, None)
     with pytest.raises(ConfigError, match="mixes"):
         parse_configs("L1,0=L2")
