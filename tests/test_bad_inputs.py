@@ -827,3 +827,34 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("DYNACNN_DEBUG", "1")
     with pytest.raises(ConfigError, match="unknown dataset"):
         main(["train", "--data", "imagenet", "--out", str(tmp_path / "o")])
+
+
+# ------------------------------------------------------------------------- cpcnn, mscnn and demo options (CLI)
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["cpcnn", "--tau", "1.5"], ["tau 1.5 must be in (0, 1]"]),
+    (["cpcnn", "--tau", "0"], ["tau 0.0 must be in (0, 1]"]),
+    (["cpcnn", "--split", "layer4"], ["split point 'layer4' leaves no stage"]),
+    (["cpcnn", "--max-drop", "-1"], ["max_drop", "percentage points"]),
+    (["cpcnn", "--memory-format", "nhwc"], ["memory_format 'nhwc'", "channels_last"]),
+    (["cpcnn", "--configs", "L1,C0:L2"], ["mixes fixed"]),
+    (["mscnn", "--data", "digits", "--max-drop", "-1"], ["--max-drop -1.0"]),
+    (["demo", "--data", "digits", "--max-drop", "-1"], ["--max-drop must be non-negative"]),
+])
+def test_cpcnn_mscnn_demo_options_are_refused_before_anything_is_written(args, fragments, tiny_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    command = [*args, "--out", out, "--device", "cpu", *(["--run", tiny_run] if args[0] == "cpcnn" else [])]
+    code, _, err = run_cli(command, capsys)
+    assert_one_line_error(code, err, *fragments)
+    assert not out.exists()
+
+
+def test_cpcnn_of_a_directory_that_is_not_a_run(tmp_path, capsys):
+    code, _, err = run_cli(["cpcnn", "--run", tmp_path / "nothing", "--out", tmp_path / "out"], capsys)
+    assert_one_line_error(code, err, str(tmp_path / "nothing"), "dynacnn train")
+
+
+def test_bench_of_a_directory_that_is_not_a_demo(tmp_path, capsys):
+    code, _, err = run_cli(["bench", "--demo-dir", tmp_path], capsys)
+    assert_one_line_error(code, err, str(tmp_path), "base/run.json", "dynacnn demo --out")

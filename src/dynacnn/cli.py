@@ -194,13 +194,14 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), help="output directory (a re-run reuses what is finished there)"),
     quick: bool = typer.Option(False, help="a subset and fewer epochs: a few minutes end to end"),
     max_drop: float = typer.Option(0.5, help="largest calibration top-1 drop allowed when choosing operating points (points)"),
+    epochs: Optional[int] = typer.Option(None, help="epochs of the base, MS-CNN and matched ResNet (default 6; 2 with --quick)"),
     seed: int = typer.Option(0),
     device: str = DeviceOpt,
 ) -> None:
     """The main job: base model, CP-CNN, MS-CNN, baselines, benchmark; writes report.md/.json and plots."""
     from dynacnn.report.demo import run_demo
 
-    run_demo(out, data=data, data_dir=data_dir, quick=quick, max_drop=max_drop, device=device, seed=seed)
+    run_demo(out, data=data, data_dir=data_dir, quick=quick, max_drop=max_drop, device=device, seed=seed, epochs=epochs)
     typer.echo(f"report: {out / 'report.md'}")
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from dynacnn.cpcnn.pipeline import TABLE2_TAUS, convert, load_clusters, load_cpcnn, parse_configs, pick_cheapest, run_cpcnn
+from dynacnn.cpcnn.pipeline import TABLE2_TAUS, choose_tau, convert, load_clusters, load_cpcnn, parse_configs, pick_cheapest, run_cpcnn
 from dynacnn.data import normalize
 from dynacnn.errors import CheckpointError, ConfigError
 from dynacnn.io import write_json
@@ -141,3 +141,11 @@ def test_configuration_selection_and_parsing():
     assert parse_configs("C0:L44, C1:L1, clustifier:LC") == ({"0": "L44", "1": "L1", "clustifier": "LC"}, None)
     with pytest.raises(ConfigError, match="mixes"):
         parse_configs("L1,0=L2")
+
+
+def test_choose_tau_counts_standard_errors_of_the_paired_drop():
+    rows = [{"tau": 0.3, "top1": 0.897, "macs_per_image": 10, "drop_se": 0.002},
+            {"tau": 0.9, "top1": 0.899, "macs_per_image": 20, "drop_se": 0.0005}]
+    assert choose_tau(rows, 0.900, 0.5, z=0.0) == (rows[0], True)   # drop 0.3 points <= 0.5
+    assert choose_tau(rows, 0.900, 0.5, z=2.0) == (rows[1], True)   # 0.3 + 2 x 0.2 > 0.5; 0.1 + 2 x 0.05 <= 0.5
+    assert choose_tau(rows, 0.900, 0.05, z=2.0) == (rows[1], False)  # nothing qualifies: the most accurate

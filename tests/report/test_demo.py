@@ -1,13 +1,16 @@
 import json
 import re
+from dataclasses import replace
 from importlib import resources
 
 import jsonschema
 import pytest
+import torch
 from rich.console import Console
 
 from dynacnn.errors import ConfigError
-from dynacnn.report.demo import run_demo, uniform_threshold_exit
+from dynacnn.flops import count_macs
+from dynacnn.report.demo import base_model_spec, matched_width, run_demo, uniform_threshold_exit
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +69,21 @@ def test_uniform_threshold_baseline_is_chosen_on_calibration():
     assert uniform_threshold_exit(mscnn, 0.0) == {}
 
 
-def test_negative_max_drop_is_refused(tmp_path):
+def test_negative_max_drop_or_epochs_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match="--max-drop"):
-        run_demo(tmp_path, data="synthetic", quick=True, max_drop=-1)
+        run_demo(tmp_path / "a", data="synthetic", quick=True, max_drop=-1)
+    with pytest.raises(ConfigError, match="--epochs"):
+        run_demo(tmp_path / "b", data="synthetic", quick=True, epochs=0)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("target", [1.0e6, 3.0e6, 4.32e6, 6.5e6])
+def test_matched_width_is_the_closest_multiple_of_a_sixteenth(target):
+    shape = (1, 28, 28)
+    spec = base_model_spec(shape, 10)
+    width, macs = matched_width(spec, shape, target)
+    assert width * 16 == int(width * 16) and 0 < width <= spec.width
+    assert macs == count_macs(replace(spec, width=width).build(), torch.zeros(1, *shape)).macs_per_image
+    for k in range(1, 5):
+        other = count_macs(replace(spec, width=k / 16).build(), torch.zeros(1, *shape)).macs_per_image
+        assert abs(macs - target) <= abs(other - target)
