@@ -133,6 +133,12 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     return hits.float().mean().item()
 
 
+def paired_drop(reference: torch.Tensor, correct: torch.Tensor) -> tuple[float, float]:
+    """Top-1 drop from per-image correctness `reference` to `correct` (same images), and its standard error."""
+    diff = reference.double() - correct.double()
+    return diff.mean().item(), (diff.std(unbiased=False) / len(diff) ** 0.5).item()
+
+
 def evaluate(model: nn.Module, data: Batches, device: torch.device, logits_fn: Callable[[Any], torch.Tensor] = final_logits) -> dict[str, float]:
     """Top-1, top-5 (fractions) and mean cross-entropy on `data`."""
     logits, labels = predict(model, data, device, logits_fn)

@@ -70,7 +70,7 @@ from dynacnn.errors import CheckpointError, ConfigError
 from dynacnn.flops import count_macs
 from dynacnn.io import ensure_dir, read_json, write_json
 from dynacnn.runs import load_run, load_weights, save_weights
-from dynacnn.train import TensorBatches, TrainConfig, fit, resolve_device
+from dynacnn.train import TensorBatches, TrainConfig, fit, paired_drop, resolve_device
 
 FORMAT_VERSION = 1
 DEFAULT_EPOCHS = 4
@@ -88,7 +88,7 @@ TIMING_REPEATS = 7
 QUICK_TRAIN_IMAGES = 1000
 MIN_ONECYCLE_STEPS = 16
 KD_TEMPERATURE = 2.0
-FORMAT_NAMES = {torch.contiguous_format: "contiguous", torch.channels_last: "channels_last"}
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 DISTILL = 0.5
 """Weight of the distillation term in the clustifier's loss: its target is the backbone's hyper-class probability
 (summed over members). Measured on Fashion-MNIST at split layer1 (4 epochs): clustifier 97.15% -> 97.57%
@@ -390,8 +390,7 @@ def evaluate_policy(
     probs = merge(weights, head_probs, index, sum(len(group) for group in members))
     per_head = (active.double() * head_macs.double()).mean(0)
     correct = probs.argmax(1) == labels
-    paired = {} if reference is None else {"drop_se": float((reference.double() - correct.double()).std(unbiased=False)
-                                                           / len(labels) ** 0.5)}
+    paired = {} if reference is None else {"drop_se": paired_drop(reference, correct)[1]}
     return {
         "tau": tau,
         "top1": float(correct.double().mean()),
@@ -451,10 +450,10 @@ def remembered(path: Path, key: str, identity: dict[str, Any], resume: bool, com
     return json.loads(json.dumps(value))
 
 
-def fastest_format(backbone: nn.Module, images: torch.Tensor, repeats: int) -> tuple[torch.memory_format, dict[str, float]]:
-    """The memory format (contiguous or channels_last) in which the base model runs faster; both models then use it."""
-    candidates = {name: copy.deepcopy(backbone).to(memory_format=fmt) for fmt, name in FORMAT_NAMES.items()}
-    inputs = {name: as_format(images, fmt) for fmt, name in FORMAT_NAMES.items()}
+def fastest_format(backbone: nn.Module, images: torch.Tensor, repeats: int) -> tuple[str, dict[str, float]]:
+    """The name of the memory format (contiguous or channels_last) in which the base model runs faster, and the speeds."""
+    candidates = {name: copy.deepcopy(backbone).to(memory_format=fmt) for name, fmt in MEMORY_FORMATS.items()}
+    inputs = {name: as_format(images, fmt) for name, fmt in MEMORY_FORMATS.items()}
     seconds = {name: [] for name in candidates}
     with torch.inference_mode():
         for _ in range(repeats):
@@ -464,8 +463,7 @@ def fastest_format(backbone: nn.Module, images: torch.Tensor, repeats: int) -> t
                     model(inputs[name][begin : begin + TIMING_BATCH])
                 seconds[name].append(time.perf_counter() - start)
     speed = {name: len(images) / statistics.median(times) for name, times in seconds.items()}
-    best = max(speed, key=speed.get)
-    return next(fmt for fmt, name in FORMAT_NAMES.items() if name == best), speed
+    return max(speed, key=speed.get), speed
 
 
 # ---------------------------------------------------------------- saving
@@ -504,7 +502,7 @@ def load_cpcnn(out_dir: str | Path, device: torch.device | str = "cpu") -> CPCNN
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{out}/cpcnn_model.json is incomplete ({exc}); re-run the CP-CNN conversion") from None
     load_weights(out / "cpcnn.safetensors", model)
-    fmt = next((f for f, name in FORMAT_NAMES.items() if name == meta.get("memory_format")), torch.contiguous_format)
+    fmt = MEMORY_FORMATS.get(meta.get("memory_format"), torch.contiguous_format)
     return model.to(device).to(memory_format=fmt).eval()
 
 
@@ -573,8 +571,8 @@ def convert(
     if head_tolerance is not None and (isinstance(head_tolerance, bool) or not isinstance(head_tolerance, (int, float))
                                        or not 0 <= head_tolerance <= 100):
         raise ConfigError(f"head_tolerance {head_tolerance!r} must be a number of percentage points in [0, 100], or None")
-    if memory_format != "auto" and memory_format not in FORMAT_NAMES.values():
-        raise ConfigError(f"memory_format {memory_format!r} must be auto, {' or '.join(FORMAT_NAMES.values())}")
+    if memory_format != "auto" and memory_format not in MEMORY_FORMATS:
+        raise ConfigError(f"memory_format {memory_format!r} must be auto, {' or '.join(MEMORY_FORMATS)}")
     if not isinstance(feature_copies, int) or feature_copies < 1:
         raise ConfigError(f"feature_copies {feature_copies!r} must be a positive integer")
     check_backbone(backbone)
@@ -595,11 +593,11 @@ def convert(
     timing_images = _normalised(data.test, info, dev, TIMING_IMAGES // (4 if quick else 1), seed)
     choices = out / "timing_choices.json"
     if memory_format == "auto":
-        format_name, format_speed = remembered(choices, "memory_format", {"timing_images": len(timing_images)}, resume, lambda: (
-            lambda fmt, speed: (FORMAT_NAMES[fmt], speed))(*fastest_format(backbone, timing_images, repeats)))
+        format_name, format_speed = remembered(choices, "memory_format", {"timing_images": len(timing_images)}, resume,
+                                               lambda: fastest_format(backbone, timing_images, repeats))
     else:
         format_name, format_speed = memory_format, {}
-    fmt = next(f for f, name in FORMAT_NAMES.items() if name == format_name)
+    fmt = MEMORY_FORMATS[format_name]
     backbone.to(memory_format=fmt)
     timing_images = as_format(timing_images, fmt)
 
@@ -854,7 +852,7 @@ def convert(
     chosen["top1_change"] = chosen["top1"] - base_test_top1
 
     save_cpcnn(model, out, {"backbone": spec, "split": split, "clustifier": clustifier_name, "heads": head_names,
-                            "class_names": list(info.class_names), "memory_format": FORMAT_NAMES[fmt]})
+                            "class_names": list(info.class_names), "memory_format": format_name})
     result = {
         "format_version": FORMAT_VERSION,
         "dataset": info.name,
@@ -881,7 +879,7 @@ def convert(
         "settings": {"epochs": train_config.epochs, "lr": lr, "feature_copies": feature_copies, "distill": distill,
                      "head_distill": head_distill, "quick": quick, "seed": seed,
                      "head_tolerance_points": chosen_search["tolerance_points"], "clustifier_tolerance_points": CLUSTIFIER_TOLERANCE,
-                     "timing": {"memory_format": FORMAT_NAMES[fmt], "base_images_per_s_by_format": format_speed,
+                     "timing": {"memory_format": format_name, "base_images_per_s_by_format": format_speed,
                                 "batch_size": TIMING_BATCH, "images": len(timing_images), "repeats": repeats,
                                 "threads": torch.get_num_threads(), "device": str(dev)}},
         "notes": [

@@ -11,6 +11,7 @@ from dynacnn.errors import ConfigError
 from dynacnn.mscnn.cache import StageOutputs
 from dynacnn.mscnn.costs import CostModel
 from dynacnn.mscnn.policies import Decision, Policy, cap_fc_policy, full_policy, pthp_policy, simulate, tp_policy
+from dynacnn.train import paired_drop
 
 NEVER = 2.0  # a detection threshold no confidence exceeds: the stage never exits
 TOP1_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9999, NEVER)
@@ -140,8 +141,7 @@ def sweep(outputs: StageOutputs, costs: CostModel, num_classes: int, quick: bool
 
 def drop_and_error(point: Point, full: Point) -> tuple[float, float]:
     """Top-1 drop of `point` against `full` on the same images, and the standard error of that paired difference."""
-    diff = full.correct.double() - point.correct.double()
-    return diff.mean().item(), (diff.std(unbiased=False) / len(diff) ** 0.5).item()
+    return paired_drop(full.correct, point.correct)
 
 
 def choose(points: list[Point], full: Point, max_drop: float, z: float = 2.0) -> Point:
