@@ -858,3 +858,8 @@ def test_cpcnn_of_a_directory_that_is_not_a_run(tmp_path, capsys):
 def test_bench_of_a_directory_that_is_not_a_demo(tmp_path, capsys):
     code, _, err = run_cli(["bench", "--demo-dir", tmp_path], capsys)
     assert_one_line_error(code, err, str(tmp_path), "base/run.json", "dynacnn demo --out")
+
+
+def test_bench_with_no_repetitions(tmp_path, capsys):
+    code, _, err = run_cli(["bench", "--demo-dir", tmp_path, "--repeats", "0"], capsys)
+    assert_one_line_error(code, err, "--repeats", "positive integer")

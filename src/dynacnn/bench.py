@@ -37,39 +37,55 @@ def measure(
     batch_sizes: tuple[int, ...] = (1, 32, 256),
     repeats: int = 5,
     max_images_batch1: int = 500,
+    chunk_batches: int = 10,
 ) -> list[dict[str, float | str | int]]:
     """Images/s of every contender at every batch size; ratios are against the first contender (the base).
 
-    Repetitions are interleaved (base, A, B, base, A, B, ...) so drifts in machine load hit all alike.
-    Each speed-up is computed per repetition (base time / contender time) and summarised by its min
-    and median. At batch size 1 only the first `max_images_batch1` images are timed.
+    Each repetition walks the images in chunks of `chunk_batches` batches; every contender runs each chunk
+    right after the others (the order rotates from chunk to chunk), so a burst of load on a shared machine
+    hits one chunk of every contender, not one contender's whole pass. Each speed-up is computed per chunk
+    (base time / contender time on the same images, moments apart) and summarised by its min and median;
+    images/s is the images over the median repetition's total time. At batch size 1 only the first
+    `max_images_batch1` images are timed.
     """
     rows: list[dict[str, float | str | int]] = []
     base = contenders[0]
     for batch_size in batch_sizes:
         subset = images[:max_images_batch1] if batch_size == 1 else images
+        chunk = batch_size * chunk_batches
+        chunks = [subset[begin : begin + chunk] for begin in range(0, len(subset), chunk)]
         for contender in contenders:
             _time_pass(contender.infer, subset[: batch_size * 2], batch_size)  # warm-up
-        times: dict[str, list[float]] = {c.name: [] for c in contenders}
-        for _ in range(repeats):
+        times: dict[str, list[list[float]]] = {c.name: [] for c in contenders}
+        for repeat in range(repeats):
             for contender in contenders:
-                times[contender.name].append(_time_pass(contender.infer, subset, batch_size))
+                times[contender.name].append([])
+            for index, part in enumerate(chunks):
+                shift = (repeat * len(chunks) + index) % len(contenders)
+                for contender in contenders[shift:] + contenders[:shift]:
+                    times[contender.name][-1].append(_time_pass(contender.infer, part, batch_size))
         for contender in contenders:
-            ratios = [b / c for b, c in zip(times[base.name], times[contender.name])]
+            ratios = [b / c for base_pass, pass_ in zip(times[base.name], times[contender.name]) for b, c in zip(base_pass, pass_)]
             mac_speedup = base.macs_per_image / contender.macs_per_image if contender.macs_per_image else float("inf")
             wall_median = statistics.median(ratios)
             rows.append({
                 "model": contender.name,
                 "batch_size": batch_size,
                 "images": len(subset),
-                "images_per_s": len(subset) / statistics.median(times[contender.name]),
+                "images_per_s": len(subset) / statistics.median(sum(pass_) for pass_ in times[contender.name]),
                 "macs_per_image": contender.macs_per_image,
                 "mac_speedup": mac_speedup,
                 "wall_speedup_min": min(ratios),
                 "wall_speedup_median": wall_median,
+                "paired_timings": len(ratios),
                 "routing_efficiency": wall_median / mac_speedup,
             })
     return rows
+
+
+def median_speedups(rows: list[dict[str, Any]], batch_size: int = 256) -> dict[str, float]:
+    """Each model's median paired wall-clock speed-up against the base at one batch size, from `measure` rows."""
+    return {row["model"]: row["wall_speedup_median"] for row in rows if row["batch_size"] == batch_size}
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:

@@ -208,6 +208,7 @@ def demo(
 @app.command()
 def bench(
     demo_dir: Path = typer.Option(Path("runs/demo"), "--demo-dir", help="a directory made by `dynacnn demo`"),
+    repeats: int = typer.Option(5, help="interleaved repetitions over the test split"),
     device: str = DeviceOpt,
 ) -> None:
     """Images/s of the base model, CP-CNN, MS-CNN and compute-matched ResNet at batch 1, 32, 256, side by side."""
@@ -215,7 +216,7 @@ def bench(
 
     from dynacnn.report.demo import bench_demo
 
-    bench_demo(demo_dir, device=device, console=Console())
+    bench_demo(demo_dir, device=device, console=Console(), repeats=repeats)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -49,6 +49,11 @@ def test_report_markdown_links_only_existing_files(demo_dir):
         assert (demo_dir / link).exists(), link
     console = (demo_dir / "console.txt").read_text()
     assert "speed-up vs base" in console and "CP-CNN" in console
+    report = json.loads((demo_dir / "report.json").read_text())
+    cp_speedup = next(r["wall_speedup_median"] for r in report["bench"] if r["model"] == "cpcnn" and r["batch_size"] == 256)
+    cp_line = next(line for line in console.splitlines() if "CP-CNN (tau" in line)
+    assert f"{cp_speedup:.2f}x" in cp_line  # the closing table shows the benchmark's paired median
+    assert f"{cp_speedup:.2f}x" in next(line for line in text.splitlines() if line.startswith("| CP-CNN"))
 
 
 def test_a_rerun_reuses_every_finished_step(demo_dir):

@@ -66,6 +66,7 @@ from dynacnn.cpcnn.policy import (
     confusion_matrix,
     merge,
 )
+from dynacnn.bench import Contender, measure
 from dynacnn.errors import CheckpointError, ConfigError
 from dynacnn.flops import count_macs
 from dynacnn.io import ensure_dir, read_json, write_json
@@ -416,23 +417,13 @@ def choose_tau(rows: list[dict[str, Any]], base_top1: float, max_drop: float, z:
 @torch.inference_mode()
 def measure_throughput(models: Mapping[str, Callable[[torch.Tensor], Any]], images: torch.Tensor,
                        batch_size: int = TIMING_BATCH, repeats: int = TIMING_REPEATS) -> dict[str, Any]:
-    """Images/s of each model over the same images, interleaved repetitions (order alternating), medians.
-
-    `speedup[name]` is the median over repetitions of (first model's time / this model's time).
-    """
-    names = list(models)
-    seconds: dict[str, list[float]] = {name: [] for name in names}
-    for name in names:
-        models[name](images[:batch_size])
-    for repeat in range(repeats):
-        for name in names if repeat % 2 == 0 else reversed(names):
-            start = time.perf_counter()
-            for begin in range(0, len(images), batch_size):
-                models[name](images[begin : begin + batch_size])
-            seconds[name].append(time.perf_counter() - start)
-    result: dict[str, Any] = {name: len(images) / statistics.median(times) for name, times in seconds.items()}
-    reference = seconds[names[0]]
-    result["speedup"] = {name: statistics.median(a / b for a, b in zip(reference, seconds[name])) for name in names}
+    """Images/s of each model over the same images, timed as `dynacnn bench` does (`dynacnn.bench.measure`:
+    interleaved chunks of two batches, order rotating); `speedup[name]` is the median over chunks of (first
+    model's time / this model's time on the same chunk)."""
+    rows = measure([Contender(name, infer, 1.0) for name, infer in models.items()], images, batch_sizes=(batch_size,),
+                   repeats=repeats, chunk_batches=2)
+    result: dict[str, Any] = {row["model"]: row["images_per_s"] for row in rows}
+    result["speedup"] = {row["model"]: row["wall_speedup_median"] for row in rows}
     return result
 
 
