@@ -145,7 +145,7 @@ def cpcnn(
     max_drop: float = typer.Option(0.5, help="largest calibration top-1 drop against the base, in percentage points"),
     split: Optional[str] = typer.Option(None, help="shared part S ends after: stem | layer1 | layer2 | layer3 (default: chosen)"),
     configs: Optional[str] = typer.Option(None, help="fixed configurations, e.g. 'C0:L44,C1:L1,clustifier:LC', or candidates, e.g. 'L1,L22'"),
-    epochs: Optional[int] = typer.Option(None, help="epochs for the clustifier and each head"),
+    epochs: Optional[int] = typer.Option(None, help="epochs for the clustifier and each head (default 8)"),
     resume: bool = typer.Option(False, help="reuse finished parts in --out"),
     memory_format: str = typer.Option("auto", help="auto (the faster, timed) | contiguous | channels_last"),
     seed: int = typer.Option(0),
@@ -194,7 +194,7 @@ def demo(
     out: Path = typer.Option(Path("runs/demo"), help="output directory (a re-run reuses what is finished there)"),
     quick: bool = typer.Option(False, help="a subset and fewer epochs: a few minutes end to end"),
     max_drop: float = typer.Option(0.5, help="largest calibration top-1 drop allowed when choosing operating points (points)"),
-    epochs: Optional[int] = typer.Option(None, help="epochs of the base, MS-CNN and matched ResNet (default 6; 2 with --quick)"),
+    epochs: Optional[int] = typer.Option(None, help="epochs of the base, MS-CNN and matched ResNet (default 5; 2 with --quick)"),
     seed: int = typer.Option(0),
     device: str = DeviceOpt,
 ) -> None:

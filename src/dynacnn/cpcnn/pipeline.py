@@ -74,7 +74,9 @@ from dynacnn.runs import load_run, load_weights, save_weights
 from dynacnn.train import TensorBatches, TrainConfig, fit, paired_drop, resolve_device
 
 FORMAT_VERSION = 1
-DEFAULT_EPOCHS = 4
+DEFAULT_EPOCHS = 8
+"""Epochs for the clustifier and each head. Measured on the demo's 6-epoch base (S = layer1, L22 / L33 heads): test
+top-1 92.57% with 6 epochs, 92.80% with 8 (base 92.83%)."""
 TABLE2_TAUS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 SELECTION_TAUS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
 CLUSTIFIER_CONFIGS = ("LP", "LC")
