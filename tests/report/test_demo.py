@@ -10,7 +10,7 @@ from rich.console import Console
 
 from dynacnn.errors import ConfigError
 from dynacnn.flops import count_macs
-from dynacnn.report.demo import base_model_spec, matched_width, run_demo, uniform_threshold_exit
+from dynacnn.report.demo import base_model_spec, matched_width, run_demo, summary_table, uniform_threshold_exit
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,23 @@ def test_report_markdown_links_only_existing_files(demo_dir):
     cp_line = next(line for line in console.splitlines() if "CP-CNN (tau" in line)
     assert f"{cp_speedup:.2f}x" in cp_line  # the closing table shows the benchmark's paired median
     assert f"{cp_speedup:.2f}x" in next(line for line in text.splitlines() if line.startswith("| CP-CNN"))
+
+
+def test_closing_table_shows_the_paired_median_not_the_ratio_of_images_per_s(tmp_path):
+    point = {"top1": 0.9, "macs_per_image": 1e6}
+    report = {
+        "base": point, "cpcnn": {"chosen": {**point, "tau": 0.3}}, "mscnn": {"chosen": {**point, "policy": "TP-C1"}},
+        "baselines": {"compute_matched": {**point, "width": 0.1875}},
+        "images_per_s_batch256": {"base": 1000.0, "cpcnn": 1500.0, "mscnn": 2000.0, "matched": 1100.0},
+        "bench": [{"model": name, "batch_size": 256, "wall_speedup_median": median}
+                  for name, median in (("base", 1.0), ("cpcnn", 1.19), ("mscnn", 1.77), ("matched", 1.03))],
+    }
+    with open(tmp_path / "console.txt", "w") as handle:
+        summary_table(Console(file=handle, width=120), report)
+    lines = (tmp_path / "console.txt").read_text().splitlines()
+    cp_line = next(line for line in lines if "CP-CNN" in line)
+    assert "1.19x" in cp_line and "1.50x" not in cp_line
+    assert "1.77x" in next(line for line in lines if "MS-CNN" in line)
 
 
 def test_a_rerun_reuses_every_finished_step(demo_dir):

@@ -23,7 +23,7 @@ with torchvision's attribute names (e.g. a torchvision `resnet18(num_classes=K)`
 7. Sweeps from cached per-head outputs: rules x weightings x tau on calibration, Table 2 on test,
    CC-ideal and oracle rows, Table 1 analog; tau is chosen on calibration (`max_drop`).
 8. The chosen point is measured once on the test split by real routed inference, with images/s at batch
-   256 for the routed and the base model in the same process, interleaved repetitions.
+   256 for the routed and the base model in the same process, paired chunked timings (`dynacnn.bench.measure`).
 
 Every finished component is saved (safetensors + JSON) under `out_dir/components`; with `resume=True`
 a re-run reuses those whose settings match and continues interrupted training from its checkpoint.
@@ -416,7 +416,6 @@ def choose_tau(rows: list[dict[str, Any]], base_top1: float, max_drop: float, z:
 # ---------------------------------------------------------------- timing
 
 
-@torch.inference_mode()
 def measure_throughput(models: Mapping[str, Callable[[torch.Tensor], Any]], images: torch.Tensor,
                        batch_size: int = TIMING_BATCH, repeats: int = TIMING_REPEATS) -> dict[str, Any]:
     """Images/s of each model over the same images, timed as `dynacnn bench` does (`dynacnn.bench.measure`:

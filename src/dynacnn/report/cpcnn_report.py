@@ -135,7 +135,7 @@ def report_markdown(result: dict[str, Any], plots: Sequence[str]) -> str:
     ))
     parts.append(
         f"\nTop-1 change {100 * chosen['top1_change']:+.2f} points, MAC saving {_pct(chosen['mac_saving'])}, measured speed-up "
-        f"{chosen['speedup']:.2f}x (median over interleaved repetitions, same process). Policy: {chosen['rule']} rule, "
+        f"{chosen['speedup']:.2f}x (median over paired chunks of timing images, same process). Policy: {chosen['rule']} rule, "
         f"{chosen['weighting']} weighting; tau chosen on the calibration split"
         + (f" as the cheapest within {chosen['max_drop']} points of the base model, counting the calibration drop plus"
            f" {chosen.get('drop_z', 0)} standard errors of the paired per-image difference (met: {chosen['meets_max_drop']})." if chosen["max_drop"] is not None else " (given).")
