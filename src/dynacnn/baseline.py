@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
+from dynacnn.bench import Contender, measure
 from dynacnn.errors import CheckpointError
 from dynacnn.flops import count_macs
 from dynacnn.io import ensure_dir, write_json
+from dynacnn.models.fold import fold_batchnorm
 from dynacnn.runs import DataSpec, ModelSpec, TrainedRun, load_run, save_run
 from dynacnn.train import ImageBatches, TrainConfig, evaluate, fit, resolve_device
 
@@ -57,19 +57,6 @@ def train_backbone(
     return summary
 
 
-@torch.inference_mode()
-def images_per_second(model: nn.Module, images: torch.Tensor, batch_size: int, repeats: int = 3) -> float:
-    """Best-of-`repeats` throughput of `model` over pre-normalised `images` at `batch_size`."""
-    model.eval()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for begin in range(0, len(images), batch_size):
-            model(images[begin : begin + batch_size])
-        best = min(best, time.perf_counter() - start)
-    return len(images) / best
-
-
 def evaluate_run(run_dir: str | Path, *, device: str = "auto", batch_size: int = 256) -> dict[str, float]:
     """Test top-1, top-5 (fractions) and images/s of a finished run."""
     dev = resolve_device(device)
@@ -87,4 +74,5 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", batch_size: int =
     if dev.type == "cpu":
         run.model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
-    return {"top1": metrics["top1"], "top5": metrics["top5"], "images_per_s": images_per_second(run.model, images, batch_size)}
+    timed = measure([Contender("model", fold_batchnorm(run.model), 1.0)], images, batch_sizes=(batch_size,), repeats=3)
+    return {"top1": metrics["top1"], "top5": metrics["top5"], "images_per_s": timed[0]["images_per_s"]}

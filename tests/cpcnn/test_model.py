@@ -11,6 +11,7 @@ from dynacnn.cpcnn.model import CPCNN, TrivialHead
 from dynacnn.errors import ConfigError
 from dynacnn.flops import count_call_macs
 from dynacnn.models import build_resnet
+from dynacnn.models.fold import fold_batchnorm
 
 SHAPE = (3, 16, 16)
 MEMBERS = [[0, 3, 5], [1], [2, 4], [6, 7, 8]]
@@ -113,3 +114,13 @@ def test_channels_last_routing_keeps_the_format_and_the_result(model):
     assert formats and all(formats)
     assert torch.allclose(routed.probs, expected.probs, atol=1e-5)
     assert torch.equal(routed.macs, expected.macs)
+
+
+def test_folded_batchnorms_route_alike(model):
+    model.set_policy(0.6, "confusion", "eq3")
+    x = torch.randn(23, *SHAPE, generator=torch.Generator().manual_seed(3))
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    routed, expected = folded(x), model(x)
+    assert torch.allclose(routed.probs, expected.probs, atol=1e-5)
+    assert torch.equal(routed.active, expected.active) and torch.equal(routed.macs, expected.macs)

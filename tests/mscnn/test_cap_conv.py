@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -16,6 +18,7 @@ from dynacnn.mscnn.cap_conv import (
 from dynacnn.mscnn.costs import measure_costs
 from dynacnn.mscnn.execute import execute
 from dynacnn.mscnn.policies import full_policy
+from dynacnn.models.fold import fold_batchnorm
 from dynacnn.train import TensorBatches
 
 from .helpers import CLASSES, tiny_data, tiny_model
@@ -62,6 +65,22 @@ def test_sliced_execution_matches_cached_and_cost_model(setup, smart: bool, rm: 
     torch.testing.assert_close(executed.probs, cached.probs, atol=1e-5, rtol=1e-5)
     removed = torch.tensor([0] + [rm] * (STAGES - 1))
     assert macs == measure_costs(model, (1, 12, 12)).macs(executed.kept, removed).sum().item()
+
+
+def test_sliced_execution_of_a_folded_model_matches(setup) -> None:
+    model, _, importance = setup
+    generator = torch.Generator().manual_seed(4)
+    model = copy.deepcopy(model)
+    for module in model.modules():  # statistics far from identity, so that a wrongly sliced bias shows
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.copy_(torch.rand(module.num_features, generator=generator) - 0.5)
+            module.bias.data.copy_(torch.rand(module.num_features, generator=generator) - 0.5)
+    folded = fold_batchnorm(model)
+    assert all(isinstance(folded.bodies[s].last[1], torch.nn.Identity) for s in range(STAGES))
+    x, _ = tiny_data(40, seed=5)
+    expected, executed = execute_cap_conv(model, x, importance, (2, 1), 3), execute_cap_conv(folded, x, importance, (2, 1), 3)
+    assert torch.equal(executed.pred, expected.pred)
+    torch.testing.assert_close(executed.probs, expected.probs, atol=1e-5, rtol=1e-5)
 
 
 def test_smart_removal_depends_on_the_classes(setup) -> None:

@@ -70,8 +70,9 @@ from dynacnn.bench import Contender, measure
 from dynacnn.errors import CheckpointError, ConfigError
 from dynacnn.flops import count_macs
 from dynacnn.io import ensure_dir, read_json, write_json
+from dynacnn.models.fold import fold_batchnorm
 from dynacnn.runs import load_run, load_weights, save_weights
-from dynacnn.train import TensorBatches, TrainConfig, fit, paired_drop, resolve_device
+from dynacnn.train import TrainConfig, fit, paired_drop, resolve_device
 
 FORMAT_VERSION = 1
 DEFAULT_EPOCHS = 8
@@ -416,13 +417,13 @@ def choose_tau(rows: list[dict[str, Any]], base_top1: float, max_drop: float, z:
 # ---------------------------------------------------------------- timing
 
 
-def measure_throughput(models: Mapping[str, Callable[[torch.Tensor], Any]], images: torch.Tensor,
+def measure_throughput(models: Mapping[str, nn.Module], images: torch.Tensor,
                        batch_size: int = TIMING_BATCH, repeats: int = TIMING_REPEATS) -> dict[str, Any]:
-    """Images/s of each model over the same images, timed as `dynacnn bench` does (`dynacnn.bench.measure`:
-    interleaved chunks of two batches, order rotating); `speedup[name]` is the median over chunks of (first
-    model's time / this model's time on the same chunk)."""
-    rows = measure([Contender(name, infer, 1.0) for name, infer in models.items()], images, batch_sizes=(batch_size,),
-                   repeats=repeats, chunk_batches=2)
+    """Images/s of each model over the same images, timed as `dynacnn bench` does (BatchNorm folded into the
+    convs, `dynacnn.bench.measure`: interleaved chunks of two batches, order rotating); `speedup[name]` is the
+    median over chunks of (first model's time / this model's time on the same chunk)."""
+    rows = measure([Contender(name, fold_batchnorm(model), 1.0) for name, model in models.items()], images,
+                   batch_sizes=(batch_size,), repeats=repeats, chunk_batches=2)
     result: dict[str, Any] = {row["model"]: row["images_per_s"] for row in rows}
     result["speedup"] = {row["model"]: row["wall_speedup_median"] for row in rows}
     return result
@@ -444,7 +445,7 @@ def remembered(path: Path, key: str, identity: dict[str, Any], resume: bool, com
 
 def fastest_format(backbone: nn.Module, images: torch.Tensor, repeats: int) -> tuple[str, dict[str, float]]:
     """The name of the memory format (contiguous or channels_last) in which the base model runs faster, and the speeds."""
-    candidates = {name: copy.deepcopy(backbone).to(memory_format=fmt) for name, fmt in MEMORY_FORMATS.items()}
+    candidates = {name: fold_batchnorm(backbone).to(memory_format=fmt) for name, fmt in MEMORY_FORMATS.items()}
     inputs = {name: as_format(images, fmt) for name, fmt in MEMORY_FORMATS.items()}
     seconds = {name: [] for name in candidates}
     with torch.inference_mode():

@@ -135,15 +135,17 @@ def simulate_cap_conv(model: MSCNN, outputs: StageOutputs, importance: FilterImp
 
 def sliced_last_conv(last: torch.nn.Sequential, x: torch.Tensor, keep: torch.Tensor, pool: torch.nn.Module) -> torch.Tensor:
     """Last CONV + BN + ReLU computing only each image's kept filters (weights sliced per group of images
-    sharing a filter set), pooled; skipped filters give 0. Returns (B, F * pool area)."""
+    sharing a filter set), pooled; skipped filters give 0. The BN may be folded into the conv (`nn.Identity`).
+    Returns (B, F * pool area)."""
     conv, bn = last[0], last[1]
     filters = conv.out_channels
     groups, inverse = torch.unique(keep, dim=0, return_inverse=True)
     out = None
     for g, kept in enumerate(groups):
         rows = (inverse == g).nonzero().squeeze(1)
-        y = F.conv2d(x[rows], conv.weight[kept], None, conv.stride, conv.padding)
-        y = F.batch_norm(y, bn.running_mean[kept], bn.running_var[kept], bn.weight[kept], bn.bias[kept], False, 0.0, bn.eps)
+        y = F.conv2d(x[rows], conv.weight[kept], None if conv.bias is None else conv.bias[kept], conv.stride, conv.padding)
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            y = F.batch_norm(y, bn.running_mean[kept], bn.running_var[kept], bn.weight[kept], bn.bias[kept], False, 0.0, bn.eps)
         pooled = pool(torch.relu(y))
         if out is None:
             out = x.new_zeros(len(x), filters, *pooled.shape[2:])

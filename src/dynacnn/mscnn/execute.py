@@ -2,9 +2,9 @@
 
 `execute(model, x, policy)` runs stage after stage on the sub-batch still active (Alg. 1, 2, 4) and
 applies the same `Policy.step` as `simulate`, so both return the same `Decision`. A stage whose class
-mask is partial computes only the kept rows of its last FC layer: images are grouped by how many
-classes they keep, and within a group each image's rows are gathered from the weight and multiplied
-in one batched matmul, so MACs and weight reads drop with the number of kept classes.
+mask is partial computes only the kept rows of its last FC layer: every kept (image, class) pair
+gathers its weight row and takes one dot product with the image's features, all pairs in one batched
+matmul, so MACs and weight reads drop with the number of kept classes and no Python loop runs per group.
 """
 
 from __future__ import annotations
@@ -15,28 +15,15 @@ from dynacnn.mscnn.model import MSCNN, StageHead
 from dynacnn.mscnn.policies import Decision, Policy
 
 
-def kept_classes(mask: torch.Tensor, count: int) -> torch.Tensor:
-    """Indices (B, count) of the kept classes of rows that keep exactly `count` classes, ascending."""
-    return (~mask).to(torch.int8).argsort(dim=1, stable=True)[:, :count]
-
-
 def head_logits(head: StageHead, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Logits of the kept classes (others -inf), computing only their rows of the last FC layer (Alg. 2)."""
     hidden = head.hidden(features)
-    counts = mask.sum(1)
-    classes = mask.shape[1]
-    if bool((counts == classes).all()):
+    if bool(mask.all()):
         return head.fc(hidden)
+    rows, classes = mask.nonzero(as_tuple=True)
+    values = torch.bmm(head.fc.weight[classes].unsqueeze(1), hidden[rows].unsqueeze(2)).view(-1) + head.fc.bias[classes]
     logits = torch.full(mask.shape, float("-inf"), dtype=hidden.dtype, device=hidden.device)
-    for count in counts.unique().tolist():
-        rows = (counts == count).nonzero().squeeze(1)
-        if count == classes:
-            logits[rows] = head.fc(hidden[rows])
-            continue
-        index = kept_classes(mask[rows], count)
-        weight = head.fc.weight[index]
-        values = torch.bmm(weight, hidden[rows].unsqueeze(2)).squeeze(2) + head.fc.bias[index]
-        logits[rows] = logits[rows].scatter(1, index, values)
+    logits[rows, classes] = values
     return logits
 
 

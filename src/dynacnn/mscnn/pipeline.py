@@ -2,7 +2,7 @@
 
 Protocol: thresholds, pruning vectors and the chosen policy are fitted on the calibration split; the
 test split is used for reporting only, and the chosen policy is executed on it once (really skipping
-work) next to the full network, with images/s taken from interleaved repetitions at batch 256.
+work) next to the full network, timed at batch 256 as `dynacnn bench` times (paired chunks, BatchNorm folded).
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from pathlib import Path
 
 import torch
 
+from dynacnn.bench import Contender, measure
 from dynacnn.data import load_dataset
 from dynacnn.errors import CheckpointError, ConfigError
 from dynacnn.flops import MAC_NOTE, count_call_macs
 from dynacnn.io import ensure_dir, read_json, write_json
+from dynacnn.models.fold import fold_batchnorm
 from dynacnn.mscnn.bits import bit_sweep, bit_table, dynamic_fc_precision
 from dynacnn.mscnn.cache import StageOutputs, collect
 from dynacnn.mscnn.cap_conv import FilterImportance, execute_cap_conv, filter_importance, simulate_cap_conv
@@ -27,7 +29,6 @@ from dynacnn.mscnn.explore import Point, choose, drop_and_error, evaluate, oracl
 from dynacnn.mscnn.model import MSCNN, MSCNNConfig, default_config, table2_config
 from dynacnn.mscnn.policies import simulate
 from dynacnn.mscnn.rank import misclassification_probability, pick_pruning_thresholds, prediction_rank, rank_statistics
-from dynacnn.mscnn.timing import images_per_second
 from dynacnn.mscnn.training import equal_weights, train_mscnn
 from dynacnn.runs import load_weights, save_weights
 from dynacnn.train import ImageBatches, TrainConfig, resolve_device
@@ -84,7 +85,7 @@ def _cap_conv_points(model: MSCNN, calib: StageOutputs, test: StageOutputs, cost
     return points, rows, importance
 
 
-def _runner(model: MSCNN, point: Point, importance: FilterImportance):
+def _runner(model: MSCNN, point: Point, importance: FilterImportance | None):
     """The executing path of a chosen point: x -> Decision."""
     if point.name == "CAP_CONV":
         p_th, rm = tuple(point.settings["p_th"]), point.settings["rm"]
@@ -94,7 +95,7 @@ def _runner(model: MSCNN, point: Point, importance: FilterImportance):
 
 def _measure_chosen(model: MSCNN, point: Point, importance: FilterImportance, test_split, info, test: StageOutputs,
                     costs: CostModel, device: torch.device, repeats: int) -> tuple[dict, dict]:
-    """Execute the chosen policy once on the test split; time it against the full network, interleaved."""
+    """Execute the chosen policy once on the test split; time it against the full network, paired chunks."""
     batches = _batches(test_split, info, device)
     run = _runner(model, point, importance)
     decisions = [run(x) for x in batches]
@@ -113,13 +114,15 @@ def _measure_chosen(model: MSCNN, point: Point, importance: FilterImportance, te
     else:
         cached = simulate(test.logits, point.policy)
         cached_pred, cached_exit = cached.pred, cached.exit_stage
-    speed = images_per_second({"full": lambda x: model(x), "chosen": run}, batches[:TIMING_BATCHES], repeats)
+    chosen_macs = costs.macs(kept, removed).mean().item()
+    speed = _timing(model, {"chosen": (point, chosen_macs)}, importance, torch.cat(batches[:TIMING_BATCHES]),
+                    float(costs.full_macs), repeats)
     chosen = {
         "policy": point.name, "settings": point.settings,
         "top1": (pred == test.labels).float().mean().item(),
-        "macs_per_image": costs.macs(kept, removed).mean().item(),
+        "macs_per_image": chosen_macs,
         "params_per_image": costs.params(kept, removed).mean().item(),
-        "images_per_s": speed["chosen"],
+        "images_per_s": speed["chosen"], "speedup": speed["speedup"]["chosen"],
         "exit_fractions": (torch.bincount(exit_stage, minlength=model.num_stages).float() / len(pred)).tolist(),
         "calib_top1": point.top1, "calib_macs_per_image": point.macs_per_image,
         "counted_macs_first_batch": counted, "modelled_macs_first_batch": modelled,
@@ -128,11 +131,21 @@ def _measure_chosen(model: MSCNN, point: Point, importance: FilterImportance, te
     return chosen, speed
 
 
-def _frontier_timing(model: MSCNN, points: list[Point], batches: list[torch.Tensor]) -> list[dict]:
+def _timing(model: MSCNN, points: dict[str, tuple[Point, float]], importance: FilterImportance | None, images: torch.Tensor,
+            full_macs: float, repeats: int) -> dict:
+    """Images/s of the full network ("full") and of each named point's executing path, timed as `dynacnn bench`
+    does (paired chunks of two batches, BatchNorm folded for every contender); `speedup[name]` is the median
+    over chunks of full time / point time."""
+    folded = fold_batchnorm(model)
+    contenders = [Contender("full", folded, full_macs)]
+    contenders += [Contender(name, _runner(folded, point, importance), macs) for name, (point, macs) in points.items()]
+    rows = measure(contenders, images, batch_sizes=(BATCH,), repeats=repeats, chunk_batches=2)
+    return {row["model"]: row["images_per_s"] for row in rows} | {"speedup": {row["model"]: row["wall_speedup_median"] for row in rows}}
+
+
+def _frontier_timing(model: MSCNN, points: list[Point], batches: list[torch.Tensor], full_macs: float) -> list[dict]:
     """Fig. 9: measured time per image of frontier policies next to the full network (calibration images)."""
-    runs = {"full": lambda x: model(x)}
-    runs.update({f"{i}": (lambda p: (lambda x: execute(model, x, p)))(pt.policy) for i, pt in enumerate(points)})
-    speed = images_per_second(runs, batches, repeats=1)
+    speed = _timing(model, {f"{i}": (p, p.macs_per_image) for i, p in enumerate(points)}, None, torch.cat(batches), full_macs, 1)
     return [{"name": p.name, "settings": p.settings, "top1": p.top1, "macs_per_image": p.macs_per_image,
              "ms_per_image": 1e3 / speed[f"{i}"], "full_ms_per_image": 1e3 / speed["full"]} for i, p in enumerate(points)]
 
@@ -244,7 +257,7 @@ def analyse_mscnn(out: Path, model: MSCNN, splits, *, max_drop: float = 0.5, qui
     timing_points = [p for name in families if name.startswith(("TP", "PTHP", "CAP_FC")) for p in pareto(families[name])]
     timing_points = timing_points[:: max(1, len(timing_points) // (4 if quick else 12))]
     timing_batches = _batches(splits.calib.subset(256 if quick else 1024, seed), info, dev)
-    timing = _frontier_timing(model, timing_points, timing_batches)
+    timing = _frontier_timing(model, timing_points, timing_batches, float(costs.full_macs))
     clock.lap("frontier_timing")
 
     sweep_bits = (4, 8, 16) if quick else tuple(range(4, 17))
@@ -268,8 +281,7 @@ def analyse_mscnn(out: Path, model: MSCNN, splits, *, max_drop: float = 0.5, qui
         "oracle": oracle(test, costs) | {"calib": oracle(calib, costs)},
         "uniform_chosen": uniform_chosen,
         "chosen": chosen | {"max_drop": max_drop, "drop_z": drop_z, "calib_drop": calib_drop, "calib_drop_se": calib_error,
-                            "macs_fraction": chosen["macs_per_image"] / costs.full_macs,
-                            "speedup": chosen["images_per_s"] / speed["full"]},
+                            "macs_fraction": chosen["macs_per_image"] / costs.full_macs},
         "timing": timing,
         "prediction_rank": _rank_report(calib, classes),
         "table2": [] if quick else _table2(),

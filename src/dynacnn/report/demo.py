@@ -22,7 +22,7 @@ from dynacnn.baseline import train_backbone
 from dynacnn.bench import median_speedups
 from dynacnn.errors import ConfigError
 from dynacnn.flops import count_macs
-from dynacnn.io import ensure_dir, read_json, write_json
+from dynacnn.io import ensure_dir, read_json
 from dynacnn.runs import DataSpec, ModelSpec, load_run
 from dynacnn.train import ImageBatches, TrainConfig, evaluate, resolve_device
 

@@ -17,13 +17,16 @@ from dynacnn.bench import Contender, format_rows, measure, median_speedups  # no
 from dynacnn.errors import ConfigError  # noqa: E402
 from dynacnn.flops import count_macs  # noqa: E402
 from dynacnn.io import atomic_write, read_json, write_json, write_text  # noqa: E402
+from dynacnn.models.fold import fold_batchnorm  # noqa: E402
 from dynacnn.runs import load_run  # noqa: E402
 
 BATCH_SIZES = (1, 32, 256)
+CHUNK_BATCHES = 10
 
 
 def demo_contenders(out: Path, input_shape: tuple[int, ...], device: torch.device) -> list[Contender]:
-    """Base, CP-CNN at its chosen tau, MS-CNN with its chosen policy and the compute-matched ResNet."""
+    """Base, CP-CNN at its chosen tau, MS-CNN with its chosen policy and the compute-matched ResNet, each with
+    its BatchNorms folded into the convs (the form a deployment runs)."""
     from dynacnn.cpcnn.pipeline import load_cpcnn
     from dynacnn.mscnn.pipeline import load_mscnn
 
@@ -35,8 +38,8 @@ def demo_contenders(out: Path, input_shape: tuple[int, ...], device: torch.devic
         model = model.to(device)
         if device.type == "cpu":
             model = model.to(memory_format=torch.channels_last)
-        contenders.append(Contender(name, model, macs))
-    cpcnn = load_cpcnn(out / "cpcnn", device)
+        contenders.append(Contender(name, fold_batchnorm(model), macs))
+    cpcnn = fold_batchnorm(load_cpcnn(out / "cpcnn", device))
     contenders.insert(1, Contender("cpcnn", cpcnn, read_json(out / "cpcnn" / "cpcnn.json")["chosen"]["macs_per_image"]))
     chosen = load_mscnn(out / "mscnn")["chosen"]
     contenders.insert(2, Contender("mscnn", mscnn_runner(out / "mscnn", chosen, device), chosen["macs_per_image"]))
@@ -50,7 +53,7 @@ def mscnn_runner(out: Path, chosen: dict[str, Any], device: torch.device) -> Cal
     if chosen["policy"] == "CAP_CONV":
         raise ConfigError(f"{out}: the chosen MS-CNN policy is CAP_CONV, which the demo benchmark cannot rebuild; "
                           "its speed is in mscnn.json")
-    model = load_model(out, device)
+    model = fold_batchnorm(load_model(out, device))
     settings = chosen["settings"]
     kind = "PTHP" if "s_th" in settings else "TP" if "d_ct" in settings else "CAP_FC" if "p_th" in settings else "full"
     policy = Policy(kind, model.num_stages, model.config.num_classes,
@@ -61,20 +64,22 @@ def mscnn_runner(out: Path, chosen: dict[str, Any], device: torch.device) -> Cal
 
 
 def benchmark(out: Path, splits: Any, device: torch.device, console: Console, repeats: int = 5) -> dict[str, Any]:
-    """Images/s of every contender at batch 1, 32 and 256 on the test split, interleaved; writes bench.json/.md."""
+    """Images/s of every contender at batch 1, 32 and 256 on the test split, paired chunks; writes bench.json/.md."""
     from dynacnn.data import normalize
 
     contenders = demo_contenders(out, splits.info.input_shape, device)
     images = normalize(splits.test.images, splits.info).to(device)
     if device.type == "cpu":
         images = images.contiguous(memory_format=torch.channels_last)
-    rows = measure(contenders, images, BATCH_SIZES, repeats=repeats, max_images_batch1=500 if repeats > 2 else 100)
+    rows = measure(contenders, images, BATCH_SIZES, repeats=repeats, max_images_batch1=500 if repeats > 2 else 100,
+                   chunk_batches=CHUNK_BATCHES)
     console.print(format_rows(rows))
     result = {
         "rows": rows,
         "images_per_s": {row["model"]: row["images_per_s"] for row in rows if row["batch_size"] == 256},
-        "note": "interleaved repetitions in one process, each over chunks of 10 batches run by every model in turn; speed-ups "
-                "are per-chunk base time / model time on the same images (min and median); "
+        "note": f"interleaved repetitions in one process, each over chunks of {CHUNK_BATCHES} batches run by every model in "
+                "turn; BatchNorm folded into the convs of every model; speed-ups are per-chunk base time / model time "
+                "on the same images (min and median); "
                 f"batch 1 is timed on the first {500 if repeats > 2 else 100} test images; device {device}",
     }
     write_json(out / "bench.json", result)

@@ -167,7 +167,7 @@ def markdown(result: dict, plots: list[str]) -> str:
              f"\nChosen on the calibration split as the cheapest policy whose top-1 drop plus {chosen['drop_z']} standard errors "
              f"is at most --max-drop {chosen['max_drop']} points (its calibration drop: {100 * chosen['calib_drop']:.2f} "
              f"+- {100 * chosen['calib_drop_se']:.2f} points): {_settings(chosen['settings'])}; "
-             f"measured speed-up {chosen['speedup']:.2f}x (interleaved, batch 256); exits per stage "
+             f"measured speed-up {chosen['speedup']:.2f}x (paired chunks at batch 256, BatchNorm folded); exits per stage "
              f"{[round(f, 3) for f in chosen['exit_fractions']]}; executed vs cached agreement {_pct(chosen['agreement_with_cached'])}; "
              f"counted MACs of the first batch {chosen['counted_macs_first_batch']} vs modelled {chosen['modelled_macs_first_batch']:.0f}.\n",
              "\n## Policy frontiers (Figs. 5, 6, 8)\n\n",
