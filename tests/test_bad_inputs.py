@@ -839,6 +839,7 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     (["cpcnn", "--max-drop", "-1"], ["max_drop", "percentage points"]),
     (["cpcnn", "--memory-format", "nhwc"], ["memory_format 'nhwc'", "channels_last"]),
     (["cpcnn", "--configs", "L1,C0:L2"], ["mixes fixed"]),
+    (["cpcnn", "--clusters", "1"], ["--clusters 1", "hyper-classes"]),
     (["mscnn", "--data", "digits", "--max-drop", "-1"], ["--max-drop -1.0"]),
     (["demo", "--data", "digits", "--max-drop", "-1"], ["--max-drop must be non-negative"]),
 ])

@@ -24,3 +24,17 @@ def test_interleaved_measurement_ranks_a_model_doing_less_work_as_faster():
     assert rows[0]["paired_timings"] == 3 * 32 and rows[2]["paired_timings"] == 3 * 4  # repeats x chunks of 2 batches
     assert rows[3]["wall_speedup_min"] <= rows[3]["wall_speedup_median"]
     assert median_speedups(rows, 64) == {"base": 1.0, "cheap": cheap_64["wall_speedup_median"]}
+
+
+def test_every_contender_first_meets_every_image_untimed_then_runs_each_repeat():
+    seen: dict[str, list[int]] = {"base": [], "other": []}
+
+    def recorder(name):
+        return lambda batch: seen[name].append(len(batch))
+
+    images = torch.randn(100, 4)
+    measure([Contender("base", recorder("base"), 2.0), Contender("other", recorder("other"), 1.0)], images,
+            batch_sizes=(16,), repeats=2, chunk_batches=3)
+    for sizes in seen.values():
+        assert sum(sizes) == 3 * len(images)  # one warm-up pass, then two timed repeats
+        assert sizes[:7] == [16] * 6 + [4]  # the warm-up walks every batch, the ragged last one included

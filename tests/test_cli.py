@@ -88,7 +88,7 @@ def _weights(path: Path):
 
 
 def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
-    args = [sys.executable, "-m", "dynacnn", "train", *TINY, "--epochs", "2", "--seed", "1"]
+    args = [sys.executable, "-m", "dynacnn", "train", *TINY, "--epochs", "3", "--seed", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([*args, "--out", str(tmp_path / "straight")], check=True, env=env, capture_output=True)
 
@@ -96,8 +96,7 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
     process = subprocess.Popen([*args, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (killed / "checkpoint.pt").exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.2)
+        time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (killed / "model.safetensors").exists(), "the run finished before it could be killed"

@@ -46,7 +46,9 @@ def measure(
     hits one chunk of every contender, not one contender's whole pass. Each speed-up is computed per chunk
     (base time / contender time on the same images, moments apart) and summarised by its min and median;
     images/s is the images over the median repetition's total time. At batch size 1 only the first
-    `max_images_batch1` images are timed.
+    `max_images_batch1` images are timed. Timings are of the steady state: every contender first makes one
+    untimed pass over all the images, so a routed model whose sub-batches take many shapes has met them all
+    (oneDNN builds a kernel per new shape; on the MS-CNN the cold first pass was about 20% slower).
     """
     rows: list[dict[str, float | str | int]] = []
     base = contenders[0]
@@ -55,7 +57,7 @@ def measure(
         chunk = batch_size * chunk_batches
         chunks = [subset[begin : begin + chunk] for begin in range(0, len(subset), chunk)]
         for contender in contenders:
-            _time_pass(contender.infer, subset[: batch_size * 2], batch_size)  # warm-up
+            _time_pass(contender.infer, subset, batch_size)
         times: dict[str, list[list[float]]] = {c.name: [] for c in contenders}
         for repeat in range(repeats):
             for contender in contenders:

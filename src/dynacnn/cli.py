@@ -145,6 +145,7 @@ def cpcnn(
     max_drop: float = typer.Option(0.5, help="largest calibration top-1 drop against the base, in percentage points"),
     split: Optional[str] = typer.Option(None, help="shared part S ends after: stem | layer1 | layer2 | layer3 (default: chosen)"),
     configs: Optional[str] = typer.Option(None, help="fixed configurations, e.g. 'C0:L44,C1:L1,clustifier:LC', or candidates, e.g. 'L1,L22'"),
+    clusters: Optional[int] = typer.Option(None, "--clusters", help="number of hyper-classes (default: Alg. 2's eigengap)"),
     epochs: Optional[int] = typer.Option(None, help="epochs for the clustifier and each head (default 8)"),
     resume: bool = typer.Option(False, help="reuse finished parts in --out"),
     memory_format: str = typer.Option("auto", help="auto (the faster, timed) | contiguous | channels_last"),
@@ -155,8 +156,8 @@ def cpcnn(
     from dynacnn.cpcnn.pipeline import run_cpcnn
 
     extra = {"epochs": epochs} if epochs is not None else {}
-    result = run_cpcnn(run, out, tau=tau, max_drop=max_drop, split=split, configs=configs, device=device,
-                       resume=resume, seed=seed, memory_format=memory_format, **extra)
+    result = run_cpcnn(run, out, tau=tau, max_drop=max_drop, split=split, configs=configs, n_clusters=clusters,
+                       device=device, resume=resume, seed=seed, memory_format=memory_format, **extra)
     chosen = result["chosen"]
     typer.echo(f"CP-CNN tau {chosen['tau']}: test top-1 {chosen['top1']:.4f}, {chosen['macs_per_image'] / 1e6:.2f} M MACs/image, "
                f"{chosen['images_per_s']:.0f} images/s (base {result['base']['top1']:.4f}, {result['base']['macs_per_image'] / 1e6:.2f} M, "

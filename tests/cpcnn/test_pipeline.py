@@ -68,6 +68,17 @@ def test_cpcnn_json_has_the_required_keys_and_units(converted):
     assert result["configs"]["heads"][2] == "trivial" and result["costs"]["heads"][2] == 0
 
 
+def test_cross_hyperclass_fraction_counts_base_predictions_outside_the_true_group(base_run, converted):
+    _, data, model = base_run
+    out, result = converted
+    group_of = {c: g for g, group in enumerate(MEMBERS) for c in group}
+    with torch.no_grad():
+        predicted = model.eval()(normalize(data.calib.images, data.info)).argmax(1).tolist()
+    crossing = sum(group_of[p] != group_of[t] for p, t in zip(predicted, data.calib.labels.tolist())) / len(predicted)
+    assert result["base_cross_hyperclass_calib"] == pytest.approx(crossing)
+    assert f"{100 * crossing:.1f}% of the calibration images" in (out / "cpcnn.md").read_text()
+
+
 def test_reloaded_model_reproduces_the_chosen_point(base_run, converted):
     out, result = converted
     _, data, _ = base_run
@@ -98,6 +109,9 @@ def test_bad_input_is_refused_before_any_work(base_run, tmp_path):
         convert(model, data, tmp_path, split="layer4")
     with pytest.raises(ConfigError, match="max_drop"):
         convert(model, data, tmp_path, max_drop=-1)
+    for bad in (1, 7, 2.5, True):
+        with pytest.raises(ConfigError, match="--clusters"):
+            convert(model, data, tmp_path, n_clusters=bad)
     wrong = ModelSpec("resnet18", 0.125, "small", 4, 1)
     with pytest.raises(ConfigError, match="classes"):
         convert(wrong.build(), data, tmp_path)
@@ -129,6 +143,20 @@ def test_clusters_are_fitted_when_absent_and_checked_when_given(tmp_path):
     write_json(tmp_path / "clusters.json", {"hyper_classes": [{"classes": [0, 1, 2]}, {"classes": [3, 4]}]})
     with pytest.raises(ConfigError, match="6"):
         load_clusters(tmp_path, torch.softmax(logits, 1), labels, [f"c{i}" for i in range(6)], 0)
+
+
+@pytest.mark.parametrize("n_clusters", [2, 3, 4])
+def test_a_given_hyper_class_count_is_fitted_and_then_enforced(tmp_path, n_clusters):
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.arange(6).repeat(20)
+    probs = torch.softmax(torch.randn(120, 6, generator=generator) + 3 * torch.nn.functional.one_hot(labels, 6), 1)
+    names = [f"c{i}" for i in range(6)]
+    members, clusters = load_clusters(tmp_path, probs, labels, names, 0, n_clusters)
+    assert len(members) == n_clusters == clusters["n_clusters"] and clusters["n_clusters_given"]
+    assert sorted(c for group in members for c in group) == list(range(6))
+    assert load_clusters(tmp_path, probs, labels, names, 0)[0] == members
+    with pytest.raises(ConfigError, match="delete it to re-cluster"):
+        load_clusters(tmp_path, probs, labels, names, 0, 7 - n_clusters if n_clusters != 3 else 2)
 
 
 def test_configuration_selection_and_parsing():

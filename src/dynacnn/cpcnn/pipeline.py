@@ -503,20 +503,24 @@ def load_cpcnn(out_dir: str | Path, device: torch.device | str = "cpu") -> CPCNN
 
 
 def load_clusters(out: Path, calib_probs: torch.Tensor, calib_labels: torch.Tensor, class_names: Sequence[str],
-                  seed: int) -> tuple[list[list[int]], dict[str, Any]]:
-    """Hyper-classes from `out/clusters.json`, or Alg. 2 fitted on calibration probabilities (written there)."""
+                  seed: int, n_clusters: int | None = None) -> tuple[list[list[int]], dict[str, Any]]:
+    """Hyper-classes from `out/clusters.json`, or Alg. 2 fitted on calibration probabilities (written there);
+    `n_clusters` fixes their number (None: the eigengap's choice)."""
     path = out / "clusters.json"
     if not path.exists():
         from dynacnn.cpcnn.clustering import HyperClassClustering
         from dynacnn.cpcnn.discover import write_clusters
 
-        estimator = HyperClassClustering(random_state=seed).fit(calib_probs.double().numpy(), calib_labels.numpy())
-        write_clusters(out, estimator, class_names)
+        estimator = HyperClassClustering(n_clusters=n_clusters, random_state=seed)
+        write_clusters(out, estimator.fit(calib_probs.double().numpy(), calib_labels.numpy()), class_names)
     clusters = read_json(path)
     try:
         members = [list(entry["classes"]) for entry in clusters["hyper_classes"]]
     except (KeyError, TypeError):
         raise ConfigError(f"{path} has no hyper_classes list; delete it to re-cluster") from None
+    if n_clusters is not None and len(members) != n_clusters:
+        raise ConfigError(f"{path} holds {len(members)} hyper-classes but {n_clusters} were asked for; "
+                          "delete it to re-cluster, or drop the hyper-class count")
     return check_members(members, len(class_names)), clusters
 
 
@@ -529,6 +533,7 @@ def convert(
     max_drop: float = 0.5,
     split: str | None = None,
     configs: str | Sequence[str] | Mapping[Any, str] | None = None,
+    n_clusters: int | None = None,
     epochs: int = DEFAULT_EPOCHS,
     device: str = "auto",
     resume: bool = False,
@@ -546,8 +551,9 @@ def convert(
 ) -> dict[str, Any]:
     """Turn a trained ResNet and its data (`DatasetSplits`) into a CP-CNN in `out_dir`; return the cpcnn.json dict.
 
-    `memory_format`: "auto" times the base model in both layouts and keeps the faster; "contiguous" or
-    "channels_last" fixes it (timing-free, so two runs with the same seed give bit-identical weights).
+    `n_clusters`: number of hyper-classes (None: Alg. 2's eigengap chooses). `memory_format`: "auto" times the
+    base model in both layouts and keeps the faster; "contiguous" or "channels_last" fixes it (timing-free, so
+    two runs with the same seed give bit-identical weights).
     """
     from dynacnn.report.cpcnn_report import write_report
 
@@ -558,6 +564,10 @@ def convert(
         raise ConfigError(f"max_drop {max_drop!r} must be a number of percentage points in [0, 100], e.g. 0.5")
     if split is not None:
         check_split(split)
+    if n_clusters is not None and (isinstance(n_clusters, bool) or not isinstance(n_clusters, int)
+                                   or not 2 <= n_clusters <= data.info.num_classes):
+        raise ConfigError(f"--clusters {n_clusters!r} must be a whole number of hyper-classes in "
+                          f"[2, {data.info.num_classes}] (the data's class count), or left out for the eigengap's choice")
     for label, weight in (("distill", distill), ("head_distill", head_distill)):
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1:
             raise ConfigError(f"{label} {weight!r} must be a weight in [0, 1] (0: plain cross-entropy)")
@@ -607,7 +617,7 @@ def convert(
     base_macs = count_macs(backbone, torch.zeros(1, *shape, device=dev)).macs_per_image
     base_calib_top1 = float((base_calib.argmax(1) == data.calib.labels).double().mean())
     base_test_top1 = float((base_test.argmax(1) == data.test.labels).double().mean())
-    members, clusters = load_clusters(out, base_calib, data.calib.labels, info.class_names, seed)
+    members, clusters = load_clusters(out, base_calib, data.calib.labels, info.class_names, seed, n_clusters)
     groups = len(members)
     group_of = torch.empty(info.num_classes, dtype=torch.long)
     for g, group in enumerate(members):
@@ -853,6 +863,7 @@ def convert(
         "clusters": [[info.class_names[c] for c in group] for group in members],
         "cluster_ids": members,
         "clusters_source": clusters.get("similarity", "given"),
+        "base_cross_hyperclass_calib": float((group_of[base_calib.argmax(1)] != calib_groups).double().mean()),
         "split": split,
         "split_sweep": split_rows,
         "configs": {"clustifier": clustifier_name, "heads": head_names},

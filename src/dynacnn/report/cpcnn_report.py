@@ -148,7 +148,9 @@ def report_markdown(result: dict[str, Any], plots: Sequence[str]) -> str:
         ["---", "---", "---", "---:"],
     ))
     parts.append(f"\nShared part S: {format_count(result['costs']['shared'])} MACs; clustifier M ({result['configs']['clustifier']}): "
-                 f"{format_count(result['costs']['clustifier'])} MACs.\n")
+                 f"{format_count(result['costs']['clustifier'])} MACs. The base model puts "
+                 f"{100 * result['base_cross_hyperclass_calib']:.1f}% of the calibration images in a class of another "
+                 "hyper-class than the true one: routing errors the clustifier has to avoid with features from S alone.\n")
     parts.append("\n## Shared-layer sweep (calibration split)\n\n" + _table(
         ["split", "S MACs", "M", "M top-1 (hyper-class)", "tau", "top-1 (L0 heads)", "MACs (L0 heads)", "speed-up (L0 heads)",
          "most compressed heads", "MACs", "speed-up"],
