@@ -3,7 +3,7 @@
 Targets at the chosen point (test split, CPU, batch 256, base and CP-CNN timed in the same process):
 MACs per image >= 30% below the base model, top-1 within 0.3 points of it, images/s >= 1.25x the base's.
 Run: .venv/bin/python benchmarks/cpcnn_fashion.py [--run runs/base] [--out runs/cpcnn] [--max-drop 0.2] [--resume]
-     [--split layer1|auto] [--configs L22,L33|all]   (defaults: the demo's S and head candidates)
+     [--split layer1|auto] [--configs L22,L33|all] [--clusters 2|auto]   (defaults: the demo's S, heads, hyper-classes)
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ def main() -> None:
     parser.add_argument("--max-drop", type=float, default=0.2, help="percentage points, chosen on the calibration split")
     parser.add_argument("--split", default=FULL_CPCNN["split"], help="the demo's; 'auto' sweeps every split point")
     parser.add_argument("--configs", default=FULL_CPCNN["configs"], help="the demo's candidates; 'all' trains every one")
+    parser.add_argument("--clusters", default=str(FULL_CPCNN["n_clusters"]), help="the demo's count; 'auto': the eigengap's")
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     parser.add_argument("--feature-copies", type=int, default=1)
     parser.add_argument("--resume", action="store_true")
@@ -30,8 +31,9 @@ def main() -> None:
     start = time.perf_counter()
     split = None if args.split == "auto" else args.split
     configs = None if args.configs == "all" else args.configs
-    result = run_cpcnn(args.run, args.out, max_drop=args.max_drop, split=split, configs=configs, epochs=args.epochs,
-                       device="cpu", resume=args.resume, feature_copies=args.feature_copies)
+    n_clusters = None if args.clusters == "auto" else int(args.clusters)
+    result = run_cpcnn(args.run, args.out, max_drop=args.max_drop, split=split, configs=configs, n_clusters=n_clusters,
+                       epochs=args.epochs, device="cpu", resume=args.resume, feature_copies=args.feature_copies)
     base, chosen = result["base"], result["chosen"]
     checks = {
         "mac_saving >= 0.30": chosen["mac_saving"] >= 0.30,
