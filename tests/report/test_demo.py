@@ -1,5 +1,6 @@
 import json
 import re
+import shutil
 from dataclasses import replace
 from importlib import resources
 
@@ -10,7 +11,15 @@ from rich.console import Console
 
 from dynacnn.errors import ConfigError
 from dynacnn.flops import count_macs
-from dynacnn.report.demo import base_model_spec, matched_width, run_demo, summary_table, uniform_threshold_exit
+from dynacnn.report.demo import (
+    base_model_spec,
+    matched_width,
+    run_demo,
+    set_aside,
+    summary_table,
+    uniform_threshold_exit,
+)
+from dynacnn.report.demo_report import contender_identity
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +87,47 @@ def test_a_rerun_reuses_every_finished_step(demo_dir):
     run_demo(demo_dir, data="synthetic", quick=True, device="cpu", data_options={"samples_per_class": 60},
              console=Console(file=open(demo_dir / "console2.txt", "w"), width=120))
     assert {p.name: p.stat().st_mtime for p in (demo_dir / "base").iterdir()} == before
-    assert "found, reusing" in (demo_dir / "console2.txt").read_text()
+    assert (demo_dir / "console2.txt").read_text().count("found, reusing") == 5  # every step but the report
+
+
+def test_a_rerun_with_another_max_drop_redoes_the_choices_not_the_training(demo_dir, tmp_path):
+    out = tmp_path / "demo"
+    shutil.copytree(demo_dir, out)
+    weights = [out / "base" / "model.safetensors", out / "matched" / "model.safetensors", out / "mscnn" / "model.safetensors"]
+    trained = {path: path.read_bytes() for path in weights}
+    run_demo(out, data="synthetic", quick=True, device="cpu", data_options={"samples_per_class": 60}, max_drop=3.0,
+             console=Console(file=open(out / "console3.txt", "w"), width=120))
+    console = (out / "console3.txt").read_text()
+    assert console.count("found with other settings, redoing") >= 2  # CP-CNN and MS-CNN choose again
+    assert json.loads((out / "bench.json").read_text())["contenders"] == contender_identity(out)  # re-timed if they moved
+    for name in ("cpcnn/cpcnn.json", "mscnn/mscnn.json"):
+        assert json.loads((out / name).read_text())["chosen"]["max_drop"] == 3.0
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["max_drop_points"] == 3.0
+    width = report["baselines"]["compute_matched"]["width"]
+    if width == json.loads((demo_dir / "report.json").read_text())["baselines"]["compute_matched"]["width"]:
+        assert {path: path.read_bytes() for path in weights} == trained
+    else:
+        assert "was trained for another width" in console and (out / "matched-previous-1" / "run.json").exists()
+        assert {path: path.read_bytes() for path in weights[::2]} == {path: trained[path] for path in weights[::2]}
+    assert json.loads((out / "matched" / "run.json").read_text())["model"]["width"] == width
+
+
+def test_a_rerun_with_another_recipe_is_refused_before_anything_changes(demo_dir):
+    before = {p: p.stat().st_mtime for p in demo_dir.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match="train_config.*delete"):
+        run_demo(demo_dir, data="synthetic", quick=True, device="cpu", data_options={"samples_per_class": 60}, epochs=3,
+                 console=Console(file=open(demo_dir.parent / "console4.txt", "w"), width=120))
+    assert {p: p.stat().st_mtime for p in demo_dir.rglob("*") if p.is_file()} == before
+
+
+def test_set_aside_keeps_every_earlier_run(tmp_path):
+    for i in (1, 2):
+        (tmp_path / "matched").mkdir()
+        (tmp_path / "matched" / "run.json").write_text(str(i))
+        assert set_aside(tmp_path / "matched") == tmp_path / f"matched-previous-{i}"
+    assert [(tmp_path / f"matched-previous-{i}" / "run.json").read_text() for i in (1, 2)] == ["1", "2"]
+    assert not (tmp_path / "matched").exists()
 
 
 def test_uniform_threshold_baseline_is_chosen_on_calibration():

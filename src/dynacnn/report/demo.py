@@ -8,6 +8,8 @@ is used once per model, for the report.
 
 from __future__ import annotations
 
+import itertools
+import json
 import platform
 import time
 from dataclasses import asdict, replace
@@ -46,8 +48,8 @@ FULL_EPOCHS = 5
 Measured on Fashion-MNIST (test top-1 of ResNet-18 at width 0.25, max-pool stem, 8 epochs): 92.98% without
 augmentation, 92.43% with flips, 91.74% with crop + flip; in so few epochs this small network underfits, so
 augmentation only slows it down. The demo trains 5 epochs to fit its 20-minute budget on 2 cores with the layer1
-CP-CNN (17.6 minutes here; 6 epochs: about 20 minutes, base 92.83%; 8 epochs: 26.4 minutes); `--epochs 6` or
-`--epochs 8` runs those recipes."""
+CP-CNN (17.6 minutes on one machine, 8.7 on a faster one; 6 epochs: about 20 minutes on the slower, base 92.83%;
+8 epochs: 26.4 minutes); `--epochs 6` or `--epochs 8` runs those recipes."""
 
 
 def base_model_spec(input_shape: tuple[int, int, int], num_classes: int) -> ModelSpec:
@@ -75,12 +77,35 @@ class Steps:
     def __init__(self, console: Console, total: int) -> None:
         self.console, self.total, self.index, self.started = console, total, 0, time.perf_counter()
 
-    def run(self, title: str, done: bool, work: Callable[[], Any]) -> Any:
+    def run(self, title: str, done: bool, work: Callable[[], Any], redo: bool = False) -> Any:
         self.index += 1
         elapsed = time.perf_counter() - self.started
-        state = "found, reusing" if done else "running"
+        state = "found, reusing" if done else "found with other settings, redoing" if redo else "running"
         self.console.rule(f"[{self.index}/{self.total}] {elapsed / 60:.1f} min: {title} ({state})", align="left")
         return work()
+
+
+def reusable(path: Path, same: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+    """A finished step's JSON at `path` if it was made with the current settings (`same` says), else None."""
+    if not path.exists():
+        return None
+    found = read_json(path)
+    return found if same(found) else None
+
+
+def base_differences(run_json: Path, expected: dict[str, Any]) -> list[str]:
+    """The parts of `expected` (model, data, train_config) that a finished base run holds with other values."""
+    if not run_json.exists():
+        return []
+    found = read_json(run_json)
+    return [key for key, value in expected.items() if found.get(key) != json.loads(json.dumps(value))]
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Rename a finished run made with other settings to the first free `<name>-previous-<i>`; nothing is deleted."""
+    aside = next(path for i in itertools.count(1) if not (path := run_dir.with_name(f"{run_dir.name}-previous-{i}")).exists())
+    run_dir.rename(aside)
+    return aside
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -123,7 +148,7 @@ def run_demo(
     """
     from dynacnn.cpcnn.pipeline import run_cpcnn
     from dynacnn.mscnn.pipeline import run_mscnn
-    from dynacnn.report.demo_report import benchmark, write_report
+    from dynacnn.report.demo_report import benchmark, contender_identity, write_report
 
     if max_drop < 0:
         raise ConfigError(f"--max-drop must be non-negative (percentage points), got {max_drop}")
@@ -145,23 +170,35 @@ def run_demo(
                   f"{info.num_classes} classes, input {info.input_shape}; device {dev}")
 
     base_dir, matched_dir = out / "base", out / "matched"
+    differences = base_differences(base_dir / "run.json", {"model": asdict(spec), "data": asdict(data_spec),
+                                                           "train_config": asdict(recipe)})
+    if differences:
+        raise ConfigError(f"{base_dir} holds a base model trained with another {' and '.join(differences)} than this "
+                          f"demo's; use another --out, or delete {base_dir} to retrain it")
     steps.run("Base model: train", (base_dir / "run.json").exists(),
               lambda: (base_dir / "run.json").exists() or train_backbone(base_dir, spec, data_spec, recipe, device=device, resume=True))
-    cpcnn = steps.run("CP-CNN: cluster, convert, train heads, sweep tau", (out / "cpcnn" / "cpcnn.json").exists(),
-                      lambda: read_json(out / "cpcnn" / "cpcnn.json") if (out / "cpcnn" / "cpcnn.json").exists()
-                      else run_cpcnn(base_dir, out / "cpcnn", max_drop=max_drop, device=device, resume=True, seed=seed,
-                                     memory_format=memory_format, **{**FULL_CPCNN, "epochs": cpcnn_epochs}))
-    mscnn = steps.run("MS-CNN: train stages, analyse, sweep policies", (out / "mscnn" / "mscnn.json").exists(),
-                      lambda: read_json(out / "mscnn" / "mscnn.json") if (out / "mscnn" / "mscnn.json").exists()
-                      else run_mscnn(out / "mscnn", data=data, data_dir=data_dir, max_drop=max_drop, device=device, resume=True,
-                                     quick=quick, seed=seed, data_options=options, epochs=epochs))
+    cpcnn_json, mscnn_json = out / "cpcnn" / "cpcnn.json", out / "mscnn" / "mscnn.json"
+    cpcnn = reusable(cpcnn_json, lambda r: r["chosen"].get("max_drop") == max_drop and r.get("settings", {}).get("epochs") == cpcnn_epochs)
+    cpcnn = steps.run("CP-CNN: cluster, convert, train heads, sweep tau", cpcnn is not None,
+                      lambda: cpcnn or run_cpcnn(base_dir, out / "cpcnn", max_drop=max_drop, device=device, resume=True, seed=seed,
+                                                 memory_format=memory_format, **{**FULL_CPCNN, "epochs": cpcnn_epochs}),
+                      redo=cpcnn_json.exists())
+    mscnn = reusable(mscnn_json, lambda r: r["chosen"].get("max_drop") == max_drop)
+    mscnn = steps.run("MS-CNN: train stages, analyse, sweep policies", mscnn is not None,
+                      lambda: mscnn or run_mscnn(out / "mscnn", data=data, data_dir=data_dir, max_drop=max_drop, device=device,
+                                                 resume=True, quick=quick, seed=seed, data_options=options, epochs=epochs),
+                      redo=mscnn_json.exists())
     width, _ = matched_width(spec, info.input_shape, cpcnn["chosen"]["macs_per_image"])
     matched_spec = replace(spec, width=width)
-    steps.run(f"Compute-matched ResNet (width {width}): train with the same recipe", (matched_dir / "run.json").exists(),
-              lambda: (matched_dir / "run.json").exists() or train_backbone(matched_dir, matched_spec, data_spec, recipe, device=device, resume=True))
-    bench = steps.run("Benchmark: images/s side by side", (out / "bench.json").exists(),
-                      lambda: read_json(out / "bench.json") if (out / "bench.json").exists()
-                      else benchmark(out, splits, dev, console, repeats=2 if quick else 3))
+    matched_done = reusable(matched_dir / "run.json", lambda r: r["model"]["width"] == width) is not None
+    if not matched_done and (matched_dir / "run.json").exists():
+        console.print(f"{matched_dir} was trained for another width; moved to {set_aside(matched_dir)}")
+    steps.run(f"Compute-matched ResNet (width {width}): train with the same recipe", matched_done,
+              lambda: matched_done or train_backbone(matched_dir, matched_spec, data_spec, recipe, device=device, resume=True))
+    bench = reusable(out / "bench.json", lambda r: r.get("contenders") == contender_identity(out))
+    bench = steps.run("Benchmark: images/s side by side", bench is not None,
+                      lambda: bench or benchmark(out, splits, dev, console, repeats=2 if quick else 3),
+                      redo=(out / "bench.json").exists())
     report = steps.run("Report", False, lambda: write_report(out, {
         "dataset": {"name": data, "num_classes": info.num_classes, "class_names": list(info.class_names),
                     "input_shape": list(info.input_shape),

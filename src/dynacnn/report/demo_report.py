@@ -63,6 +63,18 @@ def mscnn_runner(out: Path, chosen: dict[str, Any], device: torch.device) -> Cal
     return lambda x: execute(model, x, policy)
 
 
+def contender_identity(out: Path) -> dict[str, Any]:
+    """What the benchmark timed: each contender's run settings and chosen operating point (a rerun of the demo
+    re-measures when any of them changed)."""
+    runs = {name: read_json(out / name / "run.json") for name in ("base", "matched")}
+    cpcnn, mscnn = read_json(out / "cpcnn" / "cpcnn.json")["chosen"], read_json(out / "mscnn" / "mscnn.json")["chosen"]
+    return {
+        **{name: {"model": run["model"], "train_config": run.get("train_config")} for name, run in runs.items()},
+        "cpcnn": {"tau": cpcnn["tau"], "macs_per_image": cpcnn["macs_per_image"]},
+        "mscnn": {"policy": mscnn["policy"], "settings": mscnn["settings"]},
+    }
+
+
 def benchmark(out: Path, splits: Any, device: torch.device, console: Console, repeats: int = 5) -> dict[str, Any]:
     """Images/s of every contender at batch 1, 32 and 256 on the test split, paired chunks; writes bench.json/.md."""
     from dynacnn.data import normalize
@@ -75,6 +87,7 @@ def benchmark(out: Path, splits: Any, device: torch.device, console: Console, re
                    chunk_batches=CHUNK_BATCHES)
     console.print(format_rows(rows))
     result = {
+        "contenders": contender_identity(out),
         "rows": rows,
         "images_per_s": {row["model"]: row["images_per_s"] for row in rows if row["batch_size"] == 256},
         "note": f"interleaved repetitions in one process, each over chunks of {CHUNK_BATCHES} batches run by every model in "
