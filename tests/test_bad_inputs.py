@@ -841,6 +841,7 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     (["cpcnn", "--configs", "L1,C0:L2"], ["mixes fixed"]),
     (["cpcnn", "--clusters", "1"], ["--clusters 1", "hyper-classes"]),
     (["mscnn", "--data", "digits", "--max-drop", "-1"], ["--max-drop -1.0"]),
+    (["mscnn", "--data", "digits", "--fc-rows", "rows"], ["--fc-rows 'rows'", "image, batch"]),
     (["demo", "--data", "digits", "--max-drop", "-1"], ["--max-drop must be non-negative"]),
 ])
 def test_cpcnn_mscnn_demo_options_are_refused_before_anything_is_written(args, fragments, tiny_run, tmp_path, capsys):

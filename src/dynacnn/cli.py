@@ -173,6 +173,7 @@ def mscnn(
     resume: bool = typer.Option(False, help="continue training from the last finished epoch"),
     max_drop: float = typer.Option(0.5, help="largest calibration top-1 drop against the full MS-CNN, in percentage points"),
     augment: bool = typer.Option(False, "--augment", help="train with random crops and flips (off: see README)"),
+    fc_rows: str = typer.Option("batch", help="pruned FC rows at run time: batch (rows any image of a sub-batch keeps) | image (each image's own)"),
     seed: int = typer.Option(0),
     device: str = DeviceOpt,
 ) -> None:
@@ -181,7 +182,7 @@ def mscnn(
 
     extra = {"epochs": epochs} if epochs is not None else {}
     result = run_mscnn(out, data=data, data_dir=data_dir, resume=resume, max_drop=max_drop, device=device, seed=seed,
-                       augment=augment, **extra)
+                       augment=augment, fc_rows=fc_rows, **extra)
     chosen, full = result["chosen"], result["full"]
     typer.echo(f"MS-CNN {chosen['policy']}: test top-1 {chosen['top1']:.4f}, {chosen['macs_per_image'] / 1e6:.2f} M MACs/image "
                f"({chosen['macs_per_image'] / full['macs_per_image']:.0%} of the full network), {chosen['images_per_s']:.0f} images/s "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dynacnn.errors import ConfigError
 from dynacnn.flops import count_call_macs
 from dynacnn.mscnn.costs import measure_costs
 from dynacnn.mscnn.execute import execute
@@ -67,3 +68,26 @@ def test_pruned_classes_save_macs(model, images) -> None:
     pruned, _ = count_call_macs(execute, model, images, cap_fc_policy((2, 1), STAGES, CLASSES))
     rows_saved = (CLASSES - 2) * model.heads[1].fc.in_features + (CLASSES - 1) * model.heads[2].fc.in_features
     assert full - pruned == rows_saved * len(images)
+
+
+@pytest.mark.parametrize("policy", policies(), ids=lambda p: f"{p.kind}-{p.settings()}")
+def test_batch_fc_rows_decide_alike_and_count_the_rows_each_sub_batch_ran(model, images, policy) -> None:
+    per_image = execute(model, images, policy)
+    macs, batched = count_call_macs(execute, model, images, policy, "batch")
+    assert torch.equal(batched.exit_stage, per_image.exit_stage) and torch.equal(batched.pred, per_image.pred)
+    torch.testing.assert_close(batched.probs, per_image.probs, atol=1e-5, rtol=1e-5)
+    assert macs == measure_costs(model, (1, 12, 12)).macs(batched.kept).sum().item()
+    for stage in range(STAGES):
+        active = per_image.exit_stage >= stage
+        assert (batched.kept[stage][~active] == 0).all()
+        if active.any():
+            rows = batched.kept[stage][active]
+            assert (rows == rows[0]).all() and per_image.kept[stage][active].max() <= rows[0] <= CLASSES
+    for i in range(3):
+        single = execute(model, images[i : i + 1], policy, "batch")
+        assert torch.equal(single.kept, execute(model, images[i : i + 1], policy).kept)
+
+
+def test_unknown_fc_rows_is_refused(model, images) -> None:
+    with pytest.raises(ConfigError, match="fc_rows 'rows'"):
+        execute(model, images, full_policy(STAGES, CLASSES), "rows")

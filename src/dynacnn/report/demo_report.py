@@ -60,7 +60,7 @@ def mscnn_runner(out: Path, chosen: dict[str, Any], device: torch.device) -> Cal
                     d_ct=tuple(settings["d_ct"]) if "d_ct" in settings else None, top_c=settings.get("top_c", 5),
                     p_th=tuple(settings["p_th"]) if "p_th" in settings else None,
                     s_th=tuple(settings["s_th"]) if "s_th" in settings else None, stop_size=settings.get("stop_size", 0))
-    return lambda x: execute(model, x, policy)
+    return lambda x: execute(model, x, policy, chosen.get("fc_rows", "image"))
 
 
 def contender_identity(out: Path) -> dict[str, Any]:
