@@ -36,12 +36,14 @@ the compression block), 8 epochs each. Two hyper-classes, because on Fashion-MNI
 on one 5-epoch base the gaps after 2 and 4 eigenvalues were 0.34 and 0.38, and the 4-way split it picked put
 T-shirt/top with Bag, away from Shirt (their confusion similarity 0.54, the strongest pair): 3.8% of the base's
 calibration predictions crossed hyper-classes (0.1% with two) and the CP-CNN lost 1.5 points on the calibration
-split. `dynacnn cpcnn` keeps the eigengap's choice unless `--clusters` is given. The unrestricted `dynacnn cpcnn` sweeps four split points and trains every configuration
-(about 25 minutes here, over the demo's budget). Measured (test top-1 / MACs / speed-up against the base at batch
-256): on the 5-epoch base (92.48%, 7.72 M) S=layer1 with L22 / L33 heads 92.58% / 3.95 M / 1.23x-1.25x; on the
-6-epoch base (92.83%) the same 92.80% / 3.95 M / 1.29x (heads trained 6 epochs: 92.57% / 1.24x), S=layer2 with
-L22 / LC heads 92.33% / 4.26 M / 1.28x: its heads replace every trained stage after S and lose half a point,
-where layer1's keep layer2; S=stem with L33 heads (8-epoch base) 91.82% / 3.48 M / 1.28x."""
+split. `dynacnn cpcnn` keeps the eigengap's choice unless `--clusters` is given. The unrestricted `dynacnn cpcnn`
+sweeps four split points and trains every configuration (about 25 minutes here, over the demo's budget).
+Measured (test top-1 / MACs / speed-up against the base at batch 256): on the 5-epoch base (92.48%, 7.72 M)
+S=layer1 with L22 / L33 heads 92.58% / 3.95 M / 1.23x-1.25x; on the 6-epoch base (92.83%) the same 92.80% / 3.95 M
+/ 1.29x (heads trained 6 epochs: 92.57% / 1.24x), S=layer2 with L22 / LC heads 92.33% / 4.26 M / 1.28x: its heads
+replace every trained stage after S and lose half a point, where layer1's keep layer2; S=stem with L33 heads
+(8-epoch base) 91.82% / 3.48 M / 1.28x. With two hyper-classes and BatchNorm folded (another machine's 5-epoch
+base, 92.17%): 92.49% / 3.95 M / 1.33x-1.37x."""
 QUICK_EPOCHS = 2
 FULL_EPOCHS = 5
 """Base recipe: one-cycle epochs without augmentation (the MS-CNN and the compute-matched ResNet get the same).
