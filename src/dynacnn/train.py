@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from dynacnn.errors import CheckpointError, ConfigError
 from dynacnn.io import atomic_write, ensure_dir, write_json, write_text
+from dynacnn.models.layout import safe_backward_layout
 
 CHECKPOINT_VERSION = 1
 SCHEDULES = ("onecycle", "cosine")
@@ -133,6 +134,13 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     return hits.float().mean().item()
 
 
+def check_max_drop(max_drop: object, option: str = "--max-drop") -> float:
+    """The one rule for an accuracy budget: a number of percentage points of top-1 in [0, 100]."""
+    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not 0 <= max_drop <= 100:
+        raise ConfigError(f"{option} {max_drop!r} must be a number of percentage points in [0, 100], e.g. 0.5")
+    return float(max_drop)
+
+
 def paired_drop(reference: torch.Tensor, correct: torch.Tensor) -> tuple[float, float]:
     """Top-1 drop from per-image correctness `reference` to `correct` (same images), and its standard error."""
     diff = reference.double() - correct.double()
@@ -195,6 +203,30 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
+def _train_epoch(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], optimizer: torch.optim.Optimizer,
+                 scheduler: Any, criterion: Callable[[Any, torch.Tensor], torch.Tensor],
+                 logits_fn: Callable[[Any], torch.Tensor], steps: int, desc: str) -> dict[str, float]:
+    """One pass of SGD steps over `batches`; returns the epoch's training loss, top-1 and images/s."""
+    model.train()
+    seen, correct, loss_sum = 0, 0, 0.0
+    epoch_start = time.perf_counter()
+    bar = tqdm(batches, total=steps, desc=desc, leave=False, disable=None)
+    for inputs, labels in bar:
+        outputs = model(inputs)
+        loss = criterion(outputs, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        batch = labels.shape[0]
+        seen += batch
+        loss_sum += loss.item() * batch
+        correct += (logits_fn(outputs).argmax(1) == labels).sum().item()
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{seen / (time.perf_counter() - epoch_start):.0f}")
+    return {"train_loss": loss_sum / max(seen, 1), "train_top1": correct / max(seen, 1),
+            "images_per_s": seen / (time.perf_counter() - epoch_start)}
+
+
 def fit(
     model: nn.Module,
     train_data: Batches,
@@ -212,7 +244,9 @@ def fit(
     """Train `model` in place; after each epoch evaluate on `calib_data` and checkpoint to `run_dir`.
 
     `identity` (architecture, data, ...) is stored in the checkpoint; `resume` refuses a checkpoint
-    whose identity or config differ, and continues after its last finished epoch.
+    whose identity or config differ, and continues after its last finished epoch. Convolutions that oneDNN
+    cannot train in channels_last on the CPU train in NCHW (`safe_backward_layout`); every other layer keeps the
+    model's layout.
     """
     config.validate()
     device = torch.device(device) if isinstance(device, str) else device
@@ -241,37 +275,22 @@ def fit(
         result.history = list(state["history"])
         start_epoch = int(state["epoch"])
     started = time.perf_counter()
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        seen, correct, loss_sum = 0, 0, 0.0
-        epoch_start = time.perf_counter()
-        bar = tqdm(train_data(generator, device), total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{config.epochs}", leave=False, disable=None)
-        for inputs, labels in bar:
-            outputs = model(inputs)
-            loss = criterion(outputs, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            batch = labels.shape[0]
-            seen += batch
-            loss_sum += loss.item() * batch
-            correct += (logits_fn(outputs).argmax(1) == labels).sum().item()
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{seen / (time.perf_counter() - epoch_start):.0f}")
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_top1": correct / max(seen, 1),
-               "images_per_s": seen / (time.perf_counter() - epoch_start)}
-        if calib_data is not None:
-            metrics = evaluate(model, calib_data, device, logits_fn)
-            row.update({f"calib_{key}": value for key, value in metrics.items()})
-        result.history.append(row)
-        if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, {
-                "config": asdict(config), "identity": identity, "epoch": epoch + 1,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": result.history,
-            })
-            write_text(run_path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in result.history))
-        tqdm.write(f"{desc} epoch {epoch + 1}/{config.epochs}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
+    with safe_backward_layout(model):
+        for epoch in range(start_epoch, config.epochs):
+            row = {"epoch": epoch + 1, **_train_epoch(model, train_data(generator, device), optimizer, scheduler, criterion,
+                                                      logits_fn, steps_per_epoch, f"{desc} {epoch + 1}/{config.epochs}")}
+            if calib_data is not None:
+                metrics = evaluate(model, calib_data, device, logits_fn)
+                row.update({f"calib_{key}": value for key, value in metrics.items()})
+            result.history.append(row)
+            if checkpoint_path is not None:
+                save_checkpoint(checkpoint_path, {
+                    "config": asdict(config), "identity": identity, "epoch": epoch + 1,
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": result.history,
+                })
+                write_text(run_path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in result.history))
+            tqdm.write(f"{desc} epoch {epoch + 1}/{config.epochs}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
     result.seconds = time.perf_counter() - started
     if run_path is not None:
         write_json(run_path / "metrics.json", {"history": result.history, "final": result.final, "train_seconds_this_process": result.seconds})
