@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from dynacnn.bench import Contender, measure
+from dynacnn.timing import Contender, measure
 from dynacnn.errors import CheckpointError
 from dynacnn.flops import count_macs
 from dynacnn.io import ensure_dir, write_json

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -109,3 +110,17 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> Trained
         raise CheckpointError(f"{run_dir}/run.json is incomplete ({exc}); re-run `dynacnn train`") from None
     model = load_weights(run_dir / "model.safetensors", model_spec.build()).to(device).eval()
     return TrainedRun(run_dir, model_spec, data_spec, model, meta)
+
+
+def remembered(path: Path, key: str, identity: dict[str, Any], resume: bool, compute: Callable[[], Any]) -> Any:
+    """`compute()`, stored under `key` in `path`; with `resume`, the stored value if its identity matches.
+
+    Choices made by measured time (memory format, split point) are made once per output directory, so a
+    resumed run repeats the interrupted run's choices instead of re-timing them (issue 7: same result)."""
+    stored = read_json(path) if path.exists() else {}
+    entry = stored.get(key)
+    if resume and isinstance(entry, dict) and entry.get("identity") == json.loads(json.dumps(identity)):
+        return entry["value"]
+    value = compute()
+    write_json(path, {**stored, key: {"identity": identity, "value": value}})
+    return json.loads(json.dumps(value))

@@ -23,7 +23,7 @@ with torchvision's attribute names (e.g. a torchvision `resnet18(num_classes=K)`
 7. Sweeps from cached per-head outputs: rules x weightings x tau on calibration, Table 2 on test,
    CC-ideal and oracle rows, Table 1 analog; tau is chosen on calibration (`max_drop`).
 8. The chosen point is measured once on the test split by real routed inference, with images/s at batch
-   256 for the routed and the base model in the same process, paired chunked timings (`dynacnn.bench.measure`).
+   256 for the routed and the base model in the same process, paired chunked timings (`dynacnn.timing.measure`).
 
 Every finished component is saved (safetensors + JSON) under `out_dir/components`; with `resume=True`
 a re-run reuses those whose settings match and continues interrupted training from its checkpoint.
@@ -32,7 +32,6 @@ a re-run reuses those whose settings match and continues interrupted training fr
 from __future__ import annotations
 
 import copy
-import json
 import statistics
 import time
 import zlib
@@ -66,12 +65,13 @@ from dynacnn.cpcnn.policy import (
     confusion_matrix,
     merge,
 )
-from dynacnn.bench import Contender, measure
+from dynacnn.timing import Contender, measure
 from dynacnn.errors import CheckpointError, ConfigError
 from dynacnn.flops import count_macs
 from dynacnn.io import ensure_dir, read_json, write_json
 from dynacnn.models.fold import fold_batchnorm
-from dynacnn.runs import load_run, load_weights, save_weights
+from dynacnn.models.layout import MEMORY_FORMATS, as_format, memory_format_of
+from dynacnn.runs import load_run, load_weights, remembered, save_weights
 from dynacnn.train import TrainConfig, fit, paired_drop, resolve_device
 
 FORMAT_VERSION = 1
@@ -92,7 +92,6 @@ TIMING_REPEATS = 7
 QUICK_TRAIN_IMAGES = 1000
 MIN_ONECYCLE_STEPS = 16
 KD_TEMPERATURE = 2.0
-MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 DISTILL = 0.5
 """Weight of the distillation term in the clustifier's loss: its target is the backbone's hyper-class probability
 (summed over members). Measured on Fashion-MNIST at split layer1 (4 epochs): clustifier 97.15% -> 97.57%
@@ -214,20 +213,6 @@ def build_backbone(spec: Mapping[str, Any]) -> nn.Module:
 
 
 # ---------------------------------------------------------------- cached outputs
-
-
-def memory_format_of(module: nn.Module) -> torch.memory_format:
-    """channels_last if the module's spatial convolution weights are stored that way, else contiguous."""
-    for param in module.parameters():
-        if param.dim() == 4 and param.shape[-1] > 1:
-            channels_last = param.is_contiguous(memory_format=torch.channels_last) and not param.is_contiguous()
-            return torch.channels_last if channels_last else torch.contiguous_format
-    return torch.contiguous_format
-
-
-def as_format(x: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
-    """A 4-D tensor in `memory_format` (no copy if it already is); other tensors unchanged."""
-    return x.contiguous(memory_format=memory_format) if x.dim() == 4 else x
 
 
 @torch.inference_mode()
@@ -420,27 +405,13 @@ def choose_tau(rows: list[dict[str, Any]], base_top1: float, max_drop: float, z:
 def measure_throughput(models: Mapping[str, nn.Module], images: torch.Tensor,
                        batch_size: int = TIMING_BATCH, repeats: int = TIMING_REPEATS) -> dict[str, Any]:
     """Images/s of each model over the same images, timed as `dynacnn bench` does (BatchNorm folded into the
-    convs, `dynacnn.bench.measure`: interleaved chunks of two batches, order rotating); `speedup[name]` is the
+    convs, `dynacnn.timing.measure`: interleaved chunks of two batches, order rotating); `speedup[name]` is the
     median over chunks of (first model's time / this model's time on the same chunk)."""
     rows = measure([Contender(name, fold_batchnorm(model), 1.0) for name, model in models.items()], images,
                    batch_sizes=(batch_size,), repeats=repeats, chunk_batches=2)
     result: dict[str, Any] = {row["model"]: row["images_per_s"] for row in rows}
     result["speedup"] = {row["model"]: row["wall_speedup_median"] for row in rows}
     return result
-
-
-def remembered(path: Path, key: str, identity: dict[str, Any], resume: bool, compute: Callable[[], Any]) -> Any:
-    """`compute()`, stored under `key` in `path`; with `resume`, the stored value if its identity matches.
-
-    Choices made by measured time (memory format, split point) are made once per output directory, so a
-    resumed run repeats the interrupted run's choices instead of re-timing them (issue 7: same result)."""
-    stored = read_json(path) if path.exists() else {}
-    entry = stored.get(key)
-    if resume and isinstance(entry, dict) and entry.get("identity") == json.loads(json.dumps(identity)):
-        return entry["value"]
-    value = compute()
-    write_json(path, {**stored, key: {"identity": identity, "value": value}})
-    return json.loads(json.dumps(value))
 
 
 def fastest_format(backbone: nn.Module, images: torch.Tensor, repeats: int) -> tuple[str, dict[str, float]]:

@@ -26,7 +26,7 @@ SAFE_BLOCK_CHANNELS = 16
 def memory_format_of(module: nn.Module) -> torch.memory_format:
     """channels_last if the module's spatial convolution weights are stored that way, else contiguous."""
     for param in module.parameters():
-        if param.dim() == 4 and param.shape[-1] * param.shape[-2] > 1:
+        if param.dim() == 4 and param.shape[-1] > 1:
             channels_last = param.is_contiguous(memory_format=torch.channels_last) and not param.is_contiguous()
             return torch.channels_last if channels_last else torch.contiguous_format
     return torch.contiguous_format

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from dynacnn.bench import Contender, measure
+from dynacnn.timing import Contender, measure
 from dynacnn.data import load_dataset
 from dynacnn.errors import CheckpointError, ConfigError
 from dynacnn.flops import MAC_NOTE, count_call_macs

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dynacnn.baseline import train_backbone
-from dynacnn.bench import median_speedups
+from dynacnn.timing import median_speedups
 from dynacnn.errors import ConfigError
 from dynacnn.flops import count_macs
 from dynacnn.io import ensure_dir, read_json

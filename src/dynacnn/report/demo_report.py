@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from dynacnn.bench import Contender, format_rows, measure, median_speedups  # noqa: E402
+from dynacnn.timing import Contender, format_rows, measure, median_speedups  # noqa: E402
 from dynacnn.errors import ConfigError  # noqa: E402
 from dynacnn.flops import count_macs  # noqa: E402
 from dynacnn.io import atomic_write, read_json, write_json, write_text  # noqa: E402

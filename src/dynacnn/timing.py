@@ -1,4 +1,4 @@
-"""Side-by-side wall-clock benchmark: interleaved repetitions in one process, next to counted MAC ratios."""
+"""Paired wall-clock timing against a base: interleaved chunks in one process, next to counted MAC ratios."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from dynacnn.bench import Contender, format_rows, measure, median_speedups
+from dynacnn.timing import Contender, format_rows, measure, median_speedups
 
 
 def test_interleaved_measurement_ranks_a_model_doing_less_work_as_faster():
