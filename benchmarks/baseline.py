@@ -11,8 +11,8 @@ import json
 import time
 
 from dynacnn.baseline import evaluate_run, train_backbone
+from dynacnn.experiments.demo import FULL_EPOCHS, base_model_spec
 from dynacnn.runs import DataSpec
-from dynacnn.report.demo import FULL_EPOCHS, base_model_spec
 from dynacnn.train import TrainConfig
 
 
@@ -28,12 +28,22 @@ def main() -> None:
     summary = train_backbone(args.out, spec, data_spec, TrainConfig(epochs=args.epochs, augment=False), device="cpu")
     wall = time.perf_counter() - start
     metrics = evaluate_run(args.out, device="cpu")
-    print(json.dumps({
-        "model": f"{spec.arch} width {spec.width} stem {spec.stem}", "epochs": args.epochs,
-        "train_wall_s": round(wall, 1), "test_top1": metrics["top1"], "test_top5": metrics["top5"],
-        "macs_per_image": summary["macs_per_image"], "images_per_s_batch256": round(metrics["images_per_s"]),
-        "target": "top1 >= 0.92 within 360 s", "met": metrics["top1"] >= 0.92 and wall <= 360,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "model": f"{spec.arch} width {spec.width} stem {spec.stem}",
+                "epochs": args.epochs,
+                "train_wall_s": round(wall, 1),
+                "test_top1": metrics["top1"],
+                "test_top5": metrics["top5"],
+                "macs_per_image": summary["macs_per_image"],
+                "images_per_s_batch256": round(metrics["images_per_s"]),
+                "target": "top1 >= 0.92 within 360 s",
+                "met": metrics["top1"] >= 0.92 and wall <= 360,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

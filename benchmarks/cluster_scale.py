@@ -14,7 +14,9 @@ from sklearn.metrics import adjusted_rand_score
 from dynacnn.cpcnn.clustering import HyperClassClustering
 
 
-def mock_calibration(n_classes: int, per_class: int, n_groups: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def mock_calibration(
+    n_classes: int, per_class: int, n_groups: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Softmax of mock logits over planted groups of unequal sizes (true class 5, same group 2.5, noise 1)."""
     rng = np.random.default_rng(seed)
     sizes = rng.multinomial(n_classes - 10 * n_groups, np.full(n_groups, 1 / n_groups)) + 10
@@ -43,10 +45,14 @@ def main() -> None:
         start = time.perf_counter()
         est = HyperClassClustering().fit(probs, labels)
         times.append(time.perf_counter() - start)
-    print(f"n_clusters_={est.n_clusters_} n_neighbors_={est.n_neighbors_} max_clusters_={est.max_clusters_} "
-          f"ARI vs planted={adjusted_rand_score(groups, est.labels_):.3f}")
-    print(f"fit time: best {min(times):.2f} s, median {float(np.median(times)):.2f} s over {args.repeats} runs "
-          f"(median {'within' if np.median(times) < args.budget else 'OVER'} the {args.budget:.0f} s budget)")
+    print(
+        f"n_clusters_={est.n_clusters_} n_neighbors_={est.n_neighbors_} max_clusters_={est.max_clusters_} "
+        f"ARI vs planted={adjusted_rand_score(groups, est.labels_):.3f}"
+    )
+    print(
+        f"fit time: best {min(times):.2f} s, median {float(np.median(times)):.2f} s over {args.repeats} runs "
+        f"(median {'within' if np.median(times) < args.budget else 'OVER'} the {args.budget:.0f} s budget)"
+    )
 
 
 if __name__ == "__main__":

@@ -15,19 +15,13 @@ from pathlib import Path
 
 import torch
 
+from dynacnn.cpcnn.cache import backbone_logits, batched_outputs, cache_split, class_probs
 from dynacnn.cpcnn.clustering import HyperClassClustering
 from dynacnn.cpcnn.compress import build_head, shared_part
-from dynacnn.cpcnn.pipeline import (
-    DISTILL,
-    SELECTION_TAUS,
-    _outputs,
-    backbone_logits,
-    cache_split,
-    class_probs,
-    evaluate_policy,
-    train_component,
-)
+from dynacnn.cpcnn.config import DISTILL
+from dynacnn.cpcnn.explore import SELECTION_TAUS, evaluate_policy
 from dynacnn.cpcnn.policy import RULES, WEIGHTINGS, confusion_matrix
+from dynacnn.cpcnn.training import train_component
 from dynacnn.flops import count_macs
 from dynacnn.io import ensure_dir, write_json
 from dynacnn.runs import load_run
@@ -51,7 +45,10 @@ def main() -> None:
     probs = {part: class_probs(backbone, getattr(data, part), info, device).double() for part in ("calib", "test")}
     labels = {part: getattr(data, part).labels for part in ("calib", "test")}
     estimator = HyperClassClustering(n_clusters=args.n_clusters).fit(probs["calib"].numpy(), labels["calib"].numpy())
-    members = [[int(c) for c in torch.nonzero(torch.as_tensor(estimator.labels_) == g).flatten()] for g in range(args.n_clusters)]
+    members = [
+        [int(c) for c in torch.nonzero(torch.as_tensor(estimator.labels_) == g).flatten()]
+        for g in range(args.n_clusters)
+    ]
     group_of = torch.as_tensor(estimator.labels_, dtype=torch.long)
     shared = shared_part(backbone, args.split)
     train = cache_split(shared, data, "train", device)
@@ -60,37 +57,63 @@ def main() -> None:
     teacher = torch.stack([torch.logsumexp(log_probs[..., group], dim=-1) for group in members], dim=-1)
     clustifier = build_head(backbone, args.split, args.clustifier, len(members), shape)
     config = TrainConfig(epochs=args.epochs, batch_size=128, lr=0.05, augment=False)
-    record = train_component(clustifier, f"{args.split}-{args.clustifier}", (train.features, group_of[train.labels], teacher),
-                             (features["calib"], group_of[labels["calib"]]), out, config, {}, device, False, distill=DISTILL)
-    v = {part: torch.softmax(_outputs(clustifier, features[part]).double(), dim=1) for part in ("calib", "test")}
+    record = train_component(
+        clustifier,
+        f"{args.split}-{args.clustifier}",
+        (train.features, group_of[train.labels], teacher),
+        (features["calib"], group_of[labels["calib"]]),
+        out,
+        config,
+        {},
+        device,
+        False,
+        distill=DISTILL,
+    )
+    v = {part: torch.softmax(batched_outputs(clustifier, features[part]).double(), dim=1) for part in ("calib", "test")}
     confusion = confusion_matrix(group_of[labels["calib"]], v["calib"].argmax(1), len(members))
     x = torch.zeros(1, *shape)
     fixed = count_macs(shared, x).macs + count_macs(clustifier, shared(x)).macs
-    head_macs = torch.tensor([count_macs(build_head(backbone, args.split, "L0", len(group), shape, group), shared(x)).macs
-                              for group in members])
+    head_macs = torch.tensor(
+        [
+            count_macs(build_head(backbone, args.split, "L0", len(group), shape, group), shared(x)).macs
+            for group in members
+        ]
+    )
     rows = []
     for part in ("calib", "test"):
         head_probs = [probs[part][:, group] / probs[part][:, group].sum(1, keepdim=True) for group in members]
         for rule in RULES:
             for weighting in WEIGHTINGS:
                 for tau in SELECTION_TAUS:
-                    row = evaluate_policy(v[part], head_probs, members, labels[part], confusion, tau, rule, weighting, fixed, head_macs)
+                    row = evaluate_policy(
+                        v[part], head_probs, members, labels[part], confusion, tau, rule, weighting, fixed, head_macs
+                    )
                     rows.append({"split": part, "rule": rule, "weighting": weighting, **row})
     base = {part: float((probs[part].argmax(1) == labels[part]).double().mean()) for part in ("calib", "test")}
-    lines = [f"clusters: {[[info.class_names[c] for c in group] for group in members]}; split {args.split}; clustifier "
-             f"{args.clustifier} calibration top-1 {record['calib_top1']:.4f}; base top-1 calib {base['calib']:.4f}, test {base['test']:.4f}",
-             "", "| split | rule / weighting | " + " | ".join(f"{t:g}" for t in SELECTION_TAUS) + " |",
-             "| --- | --- | " + " | ".join("---:" for _ in SELECTION_TAUS) + " |"]
+    lines = [
+        f"clusters: {[[info.class_names[c] for c in group] for group in members]}; split {args.split}; clustifier "
+        f"{args.clustifier} calibration top-1 {record['calib_top1']:.4f}; base top-1 calib {base['calib']:.4f}, test {base['test']:.4f}",
+        "",
+        "| split | rule / weighting | " + " | ".join(f"{t:g}" for t in SELECTION_TAUS) + " |",
+        "| --- | --- | " + " | ".join("---:" for _ in SELECTION_TAUS) + " |",
+    ]
     for part in ("calib", "test"):
         for rule in RULES:
             for weighting in WEIGHTINGS:
                 cells = [r for r in rows if (r["split"], r["rule"], r["weighting"]) == (part, rule, weighting)]
-                lines.append(f"| {part} | {rule} / {weighting} | " + " | ".join(f"{100 * r['top1']:.2f}" for r in cells) + " |")
+                lines.append(
+                    f"| {part} | {rule} / {weighting} | " + " | ".join(f"{100 * r['top1']:.2f}" for r in cells) + " |"
+                )
             cells = [r for r in rows if (r["split"], r["rule"], r["weighting"]) == (part, rule, WEIGHTINGS[0])]
-            lines.append(f"| {part} | {rule}: MACs (M) | " + " | ".join(f"{r['macs_per_image'] / 1e6:.2f}" for r in cells) + " |")
+            lines.append(
+                f"| {part} | {rule}: MACs (M) | " + " | ".join(f"{r['macs_per_image'] / 1e6:.2f}" for r in cells) + " |"
+            )
     markdown = "\n".join(lines) + "\n"
     (Path(out) / "policies.md").write_text(markdown)
-    write_json(Path(out) / "policies.json", {"members": members, "clustifier_calib_top1": record["calib_top1"], "base": base, "rows": rows})
+    write_json(
+        Path(out) / "policies.json",
+        {"members": members, "clustifier_calib_top1": record["calib_top1"], "base": base, "rows": rows},
+    )
     print(markdown)
     print(json.dumps({"written": str(Path(out) / "policies.md")}))
 

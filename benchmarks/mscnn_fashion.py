@@ -1,4 +1,4 @@
-"""Benchmark: the MS-CNN on Fashion-MNIST against issue 5's targets.
+"""Benchmark: the MS-CNN on Fashion-MNIST against its targets.
 
 Trains (or resumes) `run_mscnn`, then checks: full MS-CNN test top-1 within 1.5 points of the baseline
 ResNet; the chosen policy at most 40% of the full network's MACs per image, test top-1 within 0.5
@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
+from dynacnn.baseline import evaluate_run
 from dynacnn.io import write_json
+from dynacnn.mscnn.config import MSCNNRunConfig
 from dynacnn.mscnn.pipeline import run_mscnn
 
 ASSUMED_BASELINE_TOP1 = 0.927
@@ -27,8 +29,6 @@ def baseline_top1(run_dir: Path, given: float | None) -> tuple[float, str]:
     if given is not None:
         return given, "given"
     if (run_dir / "run.json").exists():
-        from dynacnn.baseline import evaluate_run
-
         return evaluate_run(run_dir, device="cpu")["top1"], f"evaluated {run_dir}"
     return ASSUMED_BASELINE_TOP1, "assumed (no baseline run found)"
 
@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     started = time.perf_counter()
-    result = run_mscnn(args.out, data="fashion-mnist", epochs=args.epochs, resume=args.resume, max_drop=args.max_drop, device="cpu")
+    config = MSCNNRunConfig(epochs=args.epochs, max_drop=args.max_drop)
+    result = run_mscnn(args.out, config, data="fashion-mnist", device="cpu", resume=args.resume)
     seconds = time.perf_counter() - started
     base, source = baseline_top1(args.baseline, args.baseline_top1)
     full, chosen = result["full"], result["chosen"]
@@ -59,19 +60,43 @@ def main(argv: list[str] | None = None) -> int:
         "chosen_images_per_s_at_least_2x_full": chosen["speedup"] >= 2.0,
     }
     summary = {
-        "baseline_top1": base, "baseline_source": source, "full_top1": full["top1"], "full_macs_per_image": full["macs_per_image"],
+        "baseline_top1": base,
+        "baseline_source": source,
+        "full_top1": full["top1"],
+        "full_macs_per_image": full["macs_per_image"],
         "stages": [{k: s[k] for k in ("stage", "band", "params", "macs", "top1")} for s in result["stages"]],
-        "chosen": {k: chosen[k] for k in ("policy", "settings", "top1", "macs_per_image", "macs_fraction", "images_per_s",
-                                          "speedup", "exit_fractions", "agreement_with_cached")},
-        "full_images_per_s": full["images_per_s"], "oracle": {k: result["oracle"][k] for k in ("top1", "macs_per_image")},
-        "checks": checks, "seconds_this_process": seconds, "torch_threads": torch.get_num_threads(),
+        "chosen": {
+            k: chosen[k]
+            for k in (
+                "policy",
+                "settings",
+                "top1",
+                "macs_per_image",
+                "macs_fraction",
+                "images_per_s",
+                "speedup",
+                "exit_fractions",
+                "agreement_with_cached",
+            )
+        },
+        "full_images_per_s": full["images_per_s"],
+        "oracle": {k: result["oracle"][k] for k in ("top1", "macs_per_image")},
+        "checks": checks,
+        "seconds_this_process": seconds,
+        "torch_threads": torch.get_num_threads(),
     }
     write_json(args.out / "benchmark.json", summary)
-    print(f"baseline ResNet top-1 {base:.4f} ({source}); full MS-CNN {full['top1']:.4f} at {full['macs_per_image'] / 1e6:.2f} M MACs")
+    print(
+        f"baseline ResNet top-1 {base:.4f} ({source}); full MS-CNN {full['top1']:.4f} at {full['macs_per_image'] / 1e6:.2f} M MACs"
+    )
     for stage in summary["stages"]:
-        print(f"  stage {stage['stage']} ({stage['band']}): top-1 {stage['top1']:.4f}, {stage['macs'] / 1e6:.2f} M MACs, {stage['params']} params")
-    print(f"chosen {chosen['policy']} {chosen['settings']}: top-1 {chosen['top1']:.4f}, {chosen['macs_fraction']:.1%} of the MACs, "
-          f"{chosen['images_per_s']:.0f} vs {full['images_per_s']:.0f} images/s ({chosen['speedup']:.2f}x)")
+        print(
+            f"  stage {stage['stage']} ({stage['band']}): top-1 {stage['top1']:.4f}, {stage['macs'] / 1e6:.2f} M MACs, {stage['params']} params"
+        )
+    print(
+        f"chosen {chosen['policy']} {chosen['settings']}: top-1 {chosen['top1']:.4f}, {chosen['macs_fraction']:.1%} of the MACs, "
+        f"{chosen['images_per_s']:.0f} vs {full['images_per_s']:.0f} images/s ({chosen['speedup']:.2f}x)"
+    )
     for name, ok in checks.items():
         print(f"  [{'pass' if ok else 'MISS'}] {name}")
     return 1 if args.strict and not all(checks.values()) else 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from dynacnn.report.demo import bench_demo
+from dynacnn.experiments.bench import bench_demo
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Catalogue of bad inputs (issue 7, item 4); every entry has a line in docs/bad-inputs.md.
+"""Catalogue of bad inputs; every entry has a line in docs/bad-inputs.md.
 
 Contract: a bad input raises a `DynacnnError` subclass naming the input and the fix; through the CLI it
 is one line on stderr starting with `error: `, exit status 2, no traceback (`--debug` re-raises it).
@@ -30,8 +30,20 @@ from dynacnn.io import ensure_dir, write_json
 from dynacnn.train import load_checkpoint
 
 # A tiny digits run: 40 training images, width 1/8, 8x8 inputs; one epoch takes well under a second.
-TINY = ["--data", "digits", "--width", "0.125", "--stem", "small", "--batch-size", "32", "--train-limit", "40",
-        "--device", "cpu"]
+TINY = [
+    "--data",
+    "digits",
+    "--width",
+    "0.125",
+    "--stem",
+    "small",
+    "--batch-size",
+    "32",
+    "--train-limit",
+    "40",
+    "--device",
+    "cpu",
+]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -84,8 +96,9 @@ CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 def cifar_batch(labels: list[int]) -> bytes:
     """A CIFAR-10 python batch (bytes keys, uint8 data array) as numpy pickles it."""
     data = np.random.default_rng(len(labels)).integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
-    return pickle.dumps({b"batch_label": b"tiny", b"labels": labels, b"data": data,
-                         b"filenames": [b"x.png"] * len(labels)}, protocol=4)
+    return pickle.dumps(
+        {b"batch_label": b"tiny", b"labels": labels, b"data": data, b"filenames": [b"x.png"] * len(labels)}, protocol=4
+    )
 
 
 def write_cifar10(parent: Path) -> Path:
@@ -196,7 +209,9 @@ def _empty(tmp_path):
 
 
 @pytest.mark.parametrize("dataset", ["fashion-mnist", "cifar10", "imagefolder"])
-@pytest.mark.parametrize("make_dir, fragment", [(_missing, "does not exist"), (_empty, "is empty")], ids=["missing", "empty"])
+@pytest.mark.parametrize(
+    "make_dir, fragment", [(_missing, "does not exist"), (_empty, "is empty")], ids=["missing", "empty"]
+)
 def test_missing_or_empty_data_dir(dataset, make_dir, fragment, tmp_path, capsys):
     data_dir = make_dir(tmp_path)
     code, _, err = run_cli(["train", "--data", dataset, "--data-dir", data_dir, "--out", tmp_path / "out"], capsys)
@@ -212,7 +227,9 @@ def test_imagefolder_without_data_dir(tmp_path, capsys):
 def test_fashion_mnist_dir_without_the_test_files(tmp_path, capsys):
     paths = write_fashion_mnist(tmp_path / "fm")
     paths["t10k-images-idx3-ubyte"].unlink()
-    code, _, err = run_cli(["train", "--data", "fashion-mnist", "--data-dir", tmp_path / "fm", "--out", tmp_path / "o"], capsys)
+    code, _, err = run_cli(
+        ["train", "--data", "fashion-mnist", "--data-dir", tmp_path / "fm", "--out", tmp_path / "o"], capsys
+    )
     assert_one_line_error(code, err, "missing file", str(paths["t10k-images-idx3-ubyte"]))
 
 
@@ -263,9 +280,15 @@ def _bad_gzip(paths):
     return gz, ["not a valid gzip file"]
 
 
-IDX_CASES = {"wrong-magic": _wrong_magic, "truncated-body": _truncated, "truncated-header": _truncated_header,
-             "trailing-bytes": _too_long, "label-12-of-10": _label_12, "count-mismatch": _count_mismatch,
-             "bad-gzip": _bad_gzip}
+IDX_CASES = {
+    "wrong-magic": _wrong_magic,
+    "truncated-body": _truncated,
+    "truncated-header": _truncated_header,
+    "trailing-bytes": _too_long,
+    "label-12-of-10": _label_12,
+    "count-mismatch": _count_mismatch,
+    "bad-gzip": _bad_gzip,
+}
 
 
 @pytest.mark.parametrize("case", IDX_CASES)
@@ -287,7 +310,9 @@ def test_bad_idx_message_names_the_fix(case, tmp_path):
 @pytest.mark.parametrize("case", ["wrong-magic", "truncated-body", "label-12-of-10"])
 def test_bad_idx_file_through_the_cli(case, tmp_path, capsys):
     bad_path, fragments = IDX_CASES[case](write_fashion_mnist(tmp_path / "fm"))
-    code, _, err = run_cli(["train", "--data", "fashion-mnist", "--data-dir", tmp_path / "fm", "--out", tmp_path / "o"], capsys)
+    code, _, err = run_cli(
+        ["train", "--data", "fashion-mnist", "--data-dir", tmp_path / "fm", "--out", tmp_path / "o"], capsys
+    )
     assert_one_line_error(code, err, str(bad_path), *fragments)
 
 
@@ -309,7 +334,7 @@ def test_valid_tiny_cifar_loads(tmp_path):
 def test_truncated_cifar_batch(tmp_path, capsys):
     root = write_cifar10(tmp_path)
     path = root / "data_batch_3"
-    path.write_bytes(path.read_bytes()[: 2000])
+    path.write_bytes(path.read_bytes()[:2000])
     with pytest.raises(DataError, match=re.escape(str(path)) + ".*not a valid CIFAR pickle"):
         load_dataset("cifar10", tmp_path)
     code, _, err = run_cli(["train", "--data", "cifar10", "--data-dir", tmp_path, "--out", tmp_path / "o"], capsys)
@@ -354,8 +379,10 @@ def _evil_numpy_name(marker: Path) -> bytes:
     return b"cnumpy\nload\n(V%s\ntR." % str(marker).encode()
 
 
-@pytest.mark.parametrize("payload, global_name", [(_evil_reduce, "posix.system"), (_evil_protocol0, "builtins.exec"),
-                                                  (_evil_numpy_name, "numpy.load")])
+@pytest.mark.parametrize(
+    "payload, global_name",
+    [(_evil_reduce, "posix.system"), (_evil_protocol0, "builtins.exec"), (_evil_numpy_name, "numpy.load")],
+)
 @pytest.mark.parametrize("file", ["data_batch_1", "batches.meta"])
 def test_malicious_cifar_pickle_is_refused_and_not_executed(payload, global_name, file, tmp_path, capsys):
     root = write_cifar10(tmp_path)
@@ -440,8 +467,26 @@ def test_non_image_file_through_the_cli_trains_with_a_warning(tmp_path, capsys):
     stray.write_bytes(b"\x00\x00\x00\x01Bud1")
     out = tmp_path / "o"
     with pytest.warns(UserWarning, match=re.escape(str(stray))):
-        code, stdout, _ = run_cli(["train", "--data", "imagefolder", "--data-dir", root, "--width", "0.125", "--stem",
-                                   "small", "--epochs", "1", "--device", "cpu", "--out", out], capsys)
+        code, stdout, _ = run_cli(
+            [
+                "train",
+                "--data",
+                "imagefolder",
+                "--data-dir",
+                root,
+                "--width",
+                "0.125",
+                "--stem",
+                "small",
+                "--epochs",
+                "1",
+                "--device",
+                "cpu",
+                "--out",
+                out,
+            ],
+            capsys,
+        )
     assert code == 0 and "calibration top-1" in stdout
     assert json.loads((out / "run.json").read_text())["data"]["name"] == "imagefolder"
 
@@ -451,7 +496,10 @@ def test_class_folder_with_no_image(tmp_path):
     for png in (root / "test" / "b").iterdir():
         png.unlink()
     (root / "test" / "b" / "readme.txt").write_text("x")
-    with pytest.warns(UserWarning), pytest.raises(DataError, match=re.escape(str(root / "test" / "b")) + " holds no image"):
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(DataError, match=re.escape(str(root / "test" / "b")) + " holds no image"),
+    ):
         load_dataset("imagefolder", root)
 
 
@@ -519,13 +567,16 @@ def test_clustering_needs_three_classes(n_classes):
         HyperClassClustering().fit(probs, labels)
 
 
-@pytest.mark.parametrize("params, fragment", [
-    ({"n_clusters": 7}, "n_clusters=7 must be an integer in [2, 6]"),
-    ({"n_clusters": 1}, "n_clusters=1 must be an integer in [2, 6]"),
-    ({"max_clusters": 6}, "max_clusters=6 must be an integer in [2, 5]"),
-    ({"n_neighbors": 6}, "n_neighbors=6 must be an integer in [1, 5]"),
-    ({"similarity": "cosine"}, "similarity='cosine' must be one of"),
-])
+@pytest.mark.parametrize(
+    "params, fragment",
+    [
+        ({"n_clusters": 7}, "n_clusters=7 must be an integer in [2, 6]"),
+        ({"n_clusters": 1}, "n_clusters=1 must be an integer in [2, 6]"),
+        ({"max_clusters": 6}, "max_clusters=6 must be an integer in [2, 5]"),
+        ({"n_neighbors": 6}, "n_neighbors=6 must be an integer in [1, 5]"),
+        ({"similarity": "cosine"}, "similarity='cosine' must be one of"),
+    ],
+)
 def test_clustering_parameters_out_of_range(params, fragment):
     probs, labels = _calibration()
     with pytest.raises(ConfigError, match=re.escape(fragment)):
@@ -696,8 +747,9 @@ def test_run_json_of_another_format_version(command, run_copy, capsys):
     assert_one_line_error(code, err, f"{run_copy}/run.json has an unknown format version")
 
 
-@pytest.mark.parametrize("text, fragment", [('{"format_version": 1, "mod', "is not valid JSON"),
-                                            ('{"format_version": 1}', "is incomplete")])
+@pytest.mark.parametrize(
+    "text, fragment", [('{"format_version": 1, "mod', "is not valid JSON"), ('{"format_version": 1}', "is incomplete")]
+)
 def test_run_json_corrupt_or_incomplete(text, fragment, run_copy, capsys):
     (run_copy / "run.json").write_text(text)
     code, _, err = run_cli(["eval", "--run", run_copy], capsys)
@@ -787,31 +839,38 @@ def test_disk_full_through_the_cli_is_one_line(tmp_path, monkeypatch, capsys):
 # ----------------------------------------------------------------------------- unknown names and values
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["train", "--data", "imagenet"], ["unknown dataset 'imagenet'", "fashion-mnist"]),
-    (["train", *TINY, "--device", "tpu"], ["unknown --device 'tpu'", "auto, cpu or cuda"]),
-    (["train", *TINY, "--stem", "tiny"], ["unknown stem 'tiny'", "small-pool"]),
-    (["train", *TINY, "--arch", "resnet50"], ["unknown architecture 'resnet50'", "resnet18"]),
-    (["train", *TINY, "--schedule", "linear"], ["unknown schedule 'linear'", "onecycle"]),
-    (["train", *TINY, "--epochs", "0"], ["--epochs must be at least 1, got 0"]),
-    (["train", *TINY, "--batch-size", "0"], ["--batch-size must be at least 1"]),
-    (["train", *TINY, "--lr", "-0.1"], ["--lr must be positive"]),
-    (["train", *TINY, "--calib-fraction", "0.9"], ["calib_fraction 0.9 must be in (0, 0.5]"]),
-    (["train", *TINY, "--calib-fraction", "0"], ["calib_fraction 0.0 must be in (0, 0.5]"]),
-    (["train", *TINY, "--width", "0"], ["width multiplier must be positive"]),
-    (["train", "--epochs", "many"], ["'--epochs'", "valid integer"]),
-    (["train", "--no-such-option"], ["--no-such-option"]),
-    (["eval"], ["'--run'"]),
-    (["no-such-command"], ["no-such-command"]),
-])
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["train", "--data", "imagenet"], ["unknown dataset 'imagenet'", "fashion-mnist"]),
+        (["train", *TINY, "--device", "tpu"], ["unknown --device 'tpu'", "auto, cpu or cuda"]),
+        (["train", *TINY, "--stem", "tiny"], ["unknown stem 'tiny'", "small-pool"]),
+        (["train", *TINY, "--arch", "resnet50"], ["unknown architecture 'resnet50'", "resnet18"]),
+        (["train", *TINY, "--schedule", "linear"], ["unknown schedule 'linear'", "onecycle"]),
+        (["train", *TINY, "--epochs", "0"], ["--epochs must be at least 1, got 0"]),
+        (["train", *TINY, "--batch-size", "0"], ["--batch-size must be at least 1"]),
+        (["train", *TINY, "--lr", "-0.1"], ["--lr must be positive"]),
+        (["train", *TINY, "--calib-fraction", "0.9"], ["calib_fraction 0.9 must be in (0, 0.5]"]),
+        (["train", *TINY, "--calib-fraction", "0"], ["calib_fraction 0.0 must be in (0, 0.5]"]),
+        (["train", *TINY, "--width", "0"], ["width multiplier must be positive"]),
+        (["train", "--epochs", "many"], ["'--epochs'", "valid integer"]),
+        (["train", "--no-such-option"], ["--no-such-option"]),
+        (["eval"], ["'--run'"]),
+        (["no-such-command"], ["no-such-command"]),
+    ],
+)
 def test_unknown_names_and_values(args, fragments, tmp_path, capsys):
-    code, _, err = run_cli([*args, "--out", tmp_path / "o"] if args[0] == "train" and "--out" not in args else args, capsys)
+    code, _, err = run_cli(
+        [*args, "--out", tmp_path / "o"] if args[0] == "train" and "--out" not in args else args, capsys
+    )
     assert_one_line_error(code, err, *fragments)
 
 
 def test_a_four_step_onecycle_run_trains(tmp_path, capsys):
     # 40 images, batch 64: one step per epoch, 4 epochs = 4 optimizer steps in all
-    code, stdout, err = run_cli(["train", *TINY, "--batch-size", "64", "--epochs", "4", "--out", tmp_path / "o"], capsys)
+    code, stdout, err = run_cli(
+        ["train", *TINY, "--batch-size", "64", "--epochs", "4", "--out", tmp_path / "o"], capsys
+    )
     assert code == 0 and "calibration top-1" in stdout, err
 
 
@@ -823,7 +882,18 @@ def test_unknown_command_hint_points_at_a_real_help(capsys):
 
 def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="does not exist"):
-        main(["train", "--data", "cifar10", "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--debug"])
+        main(
+            [
+                "train",
+                "--data",
+                "cifar10",
+                "--data-dir",
+                str(tmp_path / "nope"),
+                "--out",
+                str(tmp_path / "o"),
+                "--debug",
+            ]
+        )
     monkeypatch.setenv("DYNACNN_DEBUG", "1")
     with pytest.raises(ConfigError, match="unknown dataset"):
         main(["train", "--data", "imagenet", "--out", str(tmp_path / "o")])
@@ -832,18 +902,22 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------- cpcnn, mscnn and demo options (CLI)
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["cpcnn", "--tau", "1.5"], ["tau 1.5 must be in (0, 1]"]),
-    (["cpcnn", "--tau", "0"], ["tau 0.0 must be in (0, 1]"]),
-    (["cpcnn", "--split", "layer4"], ["split point 'layer4' leaves no stage"]),
-    (["cpcnn", "--max-drop", "-1"], ["max_drop", "percentage points"]),
-    (["cpcnn", "--memory-format", "nhwc"], ["memory_format 'nhwc'", "channels_last"]),
-    (["cpcnn", "--configs", "L1,C0:L2"], ["mixes fixed"]),
-    (["cpcnn", "--clusters", "1"], ["--clusters 1", "hyper-classes"]),
-    (["mscnn", "--data", "digits", "--max-drop", "-1"], ["--max-drop -1.0"]),
-    (["mscnn", "--data", "digits", "--fc-rows", "rows"], ["--fc-rows 'rows'", "image, batch"]),
-    (["demo", "--data", "digits", "--max-drop", "-1"], ["--max-drop must be non-negative"]),
-])
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["cpcnn", "--tau", "1.5"], ["tau 1.5 must be in (0, 1]"]),
+        (["cpcnn", "--tau", "0"], ["tau 0.0 must be in (0, 1]"]),
+        (["cpcnn", "--split", "layer4"], ["split point 'layer4' leaves no stage"]),
+        (["cpcnn", "--max-drop", "-1"], ["max_drop", "percentage points"]),
+        (["cpcnn", "--memory-format", "nhwc"], ["memory_format 'nhwc'", "channels_last"]),
+        (["cpcnn", "--configs", "L1,C0:L2"], ["mixes fixed"]),
+        (["cpcnn", "--clusters", "1"], ["--clusters 1", "hyper-classes"]),
+        (["mscnn", "--data", "digits", "--max-drop", "-1"], ["--max-drop -1.0"]),
+        (["mscnn", "--data", "digits", "--fc-rows", "rows"], ["--fc-rows 'rows'", "image, batch"]),
+        (["demo", "--data", "digits", "--max-drop", "-1"], ["--max-drop -1.0", "percentage points"]),
+        (["demo", "--data", "digits", "--epochs", "0"], ["--epochs", "positive integer"]),
+    ],
+)
 def test_cpcnn_mscnn_demo_options_are_refused_before_anything_is_written(args, fragments, tiny_run, tmp_path, capsys):
     out = tmp_path / "out"
     command = [*args, "--out", out, "--device", "cpu", *(["--run", tiny_run] if args[0] == "cpcnn" else [])]

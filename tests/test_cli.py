@@ -46,7 +46,9 @@ def test_train_eval_and_flops_on_a_run(tmp_path, capsys):
 
 
 def test_flops_contract_for_resnet18_imagenet(capsys):
-    code, stdout, _ = run_cli(["flops", "--arch", "resnet18", "--num-classes", "1000", "--input-size", "3", "224", "224", "--json"], capsys)
+    code, stdout, _ = run_cli(
+        ["flops", "--arch", "resnet18", "--num-classes", "1000", "--input-size", "3", "224", "224", "--json"], capsys
+    )
     report = json.loads(stdout)
     assert code == 0
     assert abs(report["macs"] / 1.81e9 - 1) < 0.01 and abs(report["params"] / 11.69e6 - 1) < 0.01
@@ -55,7 +57,10 @@ def test_flops_contract_for_resnet18_imagenet(capsys):
 @pytest.mark.parametrize(
     "args, fragments",
     [
-        (["train", "--data", "fashion-mnist", "--data-dir", "/nonexistent/fm"], ["/nonexistent/fm", "apt-get install dataset-fashion-mnist"]),
+        (
+            ["train", "--data", "fashion-mnist", "--data-dir", "/nonexistent/fm"],
+            ["/nonexistent/fm", "apt-get install dataset-fashion-mnist"],
+        ),
         (["train", "--data", "mnist-typo"], ["mnist-typo"]),
         (["train", "--bogus-option"], ["--bogus-option"]),
         (["train", *TINY, "--epochs", "0"], ["--epochs"]),
@@ -93,7 +98,9 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
     subprocess.run([*args, "--out", str(tmp_path / "straight")], check=True, env=env, capture_output=True)
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen([*args, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [*args, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while not (killed / "checkpoint.pt").exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.01)
@@ -110,3 +117,13 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path):
     for row in final:
         row.pop("images_per_s")
     assert final[0] == final[1]
+
+
+def test_version_matches_the_package_metadata(capsys):
+    from importlib.metadata import version
+
+    import dynacnn
+
+    code, stdout, _ = run_cli(["--version"], capsys)
+    assert code == 0 and stdout.strip() == f"dynacnn {dynacnn.__version__}"
+    assert version("dynacnn") == dynacnn.__version__

@@ -1,4 +1,4 @@
-"""Determinism on CPU (issue 7, item 5): same seed and data, same splits, weights, metrics, clusters and routing.
+"""Determinism on CPU: same seed and data, same splits, weights, metrics, clusters and routing.
 
 What is and is not deterministic (GPU included) is written down in docs/bad-inputs.md, "Determinism".
 """
@@ -18,8 +18,22 @@ from dynacnn.cpcnn.clustering import HyperClassClustering
 from dynacnn.cpcnn.policy import activate, confusion_matrix
 from dynacnn.data import batches, load_dataset
 
-TINY = ["--data", "digits", "--width", "0.125", "--stem", "small", "--batch-size", "16", "--train-limit", "48",
-        "--device", "cpu", "--epochs", "1"]
+TINY = [
+    "--data",
+    "digits",
+    "--width",
+    "0.125",
+    "--stem",
+    "small",
+    "--batch-size",
+    "16",
+    "--train-limit",
+    "48",
+    "--device",
+    "cpu",
+    "--epochs",
+    "1",
+]
 # Wall-clock fields: the only ones allowed to differ between two identical runs.
 TIMING_KEYS = {"images_per_s", "train_seconds_this_process"}
 
@@ -184,8 +198,9 @@ def test_activate_is_deterministic(rule, weighting):
     generator = torch.Generator().manual_seed(0)
     v = torch.softmax(torch.randn(256, 6, generator=generator) * 2, dim=1)
     v[:8] = torch.tensor([0.3, 0.3, 0.1, 0.1, 0.1, 0.1])  # exact ties
-    confusion = confusion_matrix(torch.randint(0, 6, (500,), generator=generator),
-                                 torch.randint(0, 6, (500,), generator=generator), 6)
+    confusion = confusion_matrix(
+        torch.randint(0, 6, (500,), generator=generator), torch.randint(0, 6, (500,), generator=generator), 6
+    )
     runs = [activate(v.clone(), confusion.clone(), 0.7, rule, weighting) for _ in range(3)]
     for active, weights in runs[1:]:
         assert torch.equal(active, runs[0][0]) and torch.equal(weights, runs[0][1])

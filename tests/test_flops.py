@@ -47,7 +47,9 @@ def test_count_call_macs_counts_only_what_ran():
 
 
 def test_report_renders_table_and_dict():
-    report = count_macs(build_resnet("resnet18", width=0.25, stem="small", in_channels=1), torch.zeros(1, 1, 28, 28), depth=1)
+    report = count_macs(
+        build_resnet("resnet18", width=0.25, stem="small", in_channels=1), torch.zeros(1, 1, 28, 28), depth=1
+    )
     table = report.table()
     assert "layer4" in table and "FLOPs / 2" in table
     assert report.to_dict()["macs"] == report.macs_per_image

@@ -1,4 +1,4 @@
-"""Issue 7, item 1: `cpcnn`, `mscnn` and `demo` killed with SIGKILL mid-run, then re-run, end exactly where an
+"""`cpcnn`, `mscnn` and `demo` killed with SIGKILL mid-run, then re-run, end exactly where an
 uninterrupted run ends (CPU, fixed seed): identical weights and identical JSON apart from wall-clock fields.
 
 (`train` has the same test in test_cli.py.) Each run is a subprocess on one thread; the kill comes right after
@@ -27,8 +27,11 @@ TIMING_FRAGMENTS = ("images_per_s", "speedup", "seconds", "timing", "bench", "ra
 def without_timing(obj):
     """`obj` (nested JSON) minus every key that holds a wall-clock measurement."""
     if isinstance(obj, dict):
-        return {key: without_timing(value) for key, value in obj.items()
-                if not any(fragment in key for fragment in TIMING_FRAGMENTS)}
+        return {
+            key: without_timing(value)
+            for key, value in obj.items()
+            if not any(fragment in key for fragment in TIMING_FRAGMENTS)
+        }
     if isinstance(obj, list):
         return [without_timing(value) for value in obj]
     return obj
@@ -75,16 +78,55 @@ def run_both(argv_for, tmp_path: Path, checkpoint: str, finished: str) -> tuple[
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("kill") / "base"
-    subprocess.run([sys.executable, "-m", "dynacnn", "train", "--data", "digits", "--width", "0.125", "--stem", "small",
-                    "--epochs", "1", "--device", "cpu", "--out", str(out)], check=True, env=ENV, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dynacnn",
+            "train",
+            "--data",
+            "digits",
+            "--width",
+            "0.125",
+            "--stem",
+            "small",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        env=ENV,
+        capture_output=True,
+    )
     return out
 
 
 def test_cpcnn_killed_mid_training_resumes_to_the_same_result(base_run, tmp_path):
     def argv(out: Path, resume: bool = False) -> list[str]:
-        return [sys.executable, "-m", "dynacnn", "cpcnn", "--run", str(base_run), "--out", str(out), "--split", "layer2",
-                "--configs", "L0,L22,LP", "--epochs", "3", "--memory-format", "contiguous", "--device", "cpu",
-                *(["--resume"] if resume else [])]
+        return [
+            sys.executable,
+            "-m",
+            "dynacnn",
+            "cpcnn",
+            "--run",
+            str(base_run),
+            "--out",
+            str(out),
+            "--split",
+            "layer2",
+            "--configs",
+            "L0,L22,LP",
+            "--epochs",
+            "3",
+            "--memory-format",
+            "contiguous",
+            "--device",
+            "cpu",
+            *(["--resume"] if resume else []),
+        ]
 
     straight, killed = run_both(argv, tmp_path, "components/*/checkpoint.pt", "cpcnn.json")
     assert_same_weights(straight / "cpcnn.safetensors", killed / "cpcnn.safetensors")
@@ -95,11 +137,13 @@ def test_mscnn_killed_mid_training_resumes_to_the_same_result(tmp_path):
     def argv(out: Path, resume: bool = False) -> list[str]:
         return python(
             "from dynacnn.mscnn.model import MSCNNConfig, StageConfig\n"
+            "from dynacnn.mscnn.config import MSCNNRunConfig\n"
             "from dynacnn.mscnn.pipeline import run_mscnn\n"
             "config = MSCNNConfig(tuple(StageConfig(b, (4, 6), (1, 2), 8) for b in ('LL', 'LH', 'HL')), 1, 6, 2)\n"
             "data = {'num_classes': 6, 'num_groups': 2, 'samples_per_class': 60, 'image_size': 12, 'channels': 1}\n"
-            f"run_mscnn({str(out)!r}, data='synthetic', data_options=data, epochs=3, quick=True, device='cpu', config=config,"
-            f" batch_size=16, resume={resume})")
+            "run_config = MSCNNRunConfig(epochs=3, quick=True, model=config, batch_size=16)\n"
+            f"run_mscnn({str(out)!r}, run_config, data='synthetic', data_options=data, device='cpu', resume={resume})"
+        )
 
     straight, killed = run_both(argv, tmp_path, "train/checkpoint.pt", "mscnn.json")
     assert_same_weights(straight / "model.safetensors", killed / "model.safetensors")
@@ -110,11 +154,18 @@ def test_demo_killed_mid_training_resumes_to_the_same_result(tmp_path):
     def argv(out: Path, resume: bool = False) -> list[str]:  # the demo always resumes what it finds in --out
         return python(
             "from rich.console import Console\n"
-            "from dynacnn.report.demo import run_demo\n"
-            f"run_demo({str(out)!r}, data='synthetic', quick=True, device='cpu', memory_format='contiguous',"
-            " data_options={'samples_per_class': 40}, console=Console(quiet=True))")
+            "from dynacnn.experiments.demo import DemoConfig, demo_cpcnn_config, run_demo\n"
+            "config = DemoConfig(data='synthetic', quick=True, data_options={'samples_per_class': 40},"
+            " cpcnn=demo_cpcnn_config(quick=True, memory_format='contiguous'))\n"
+            f"run_demo({str(out)!r}, config, device='cpu', console=Console(quiet=True))"
+        )
 
     straight, killed = run_both(argv, tmp_path, "cpcnn/components/*/checkpoint.pt", "report.json")
-    for weights in ("base/model.safetensors", "matched/model.safetensors", "cpcnn/cpcnn.safetensors", "mscnn/model.safetensors"):
+    for weights in (
+        "base/model.safetensors",
+        "matched/model.safetensors",
+        "cpcnn/cpcnn.safetensors",
+        "mscnn/model.safetensors",
+    ):
         assert_same_weights(straight / weights, killed / weights)
     assert_same_json(straight / "report.json", killed / "report.json")

@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from dynacnn.timing import Contender, format_rows, measure, median_speedups
+from dynacnn.timing import Contender, measure
 
 
 def test_interleaved_measurement_ranks_a_model_doing_less_work_as_faster():
@@ -10,7 +10,11 @@ def test_interleaved_measurement_ranks_a_model_doing_less_work_as_faster():
     images = torch.randn(512, 256)
     rows = measure(
         [Contender("base", large, 8 * 256 * 256), Contender("cheap", small, 256 * 256)],
-        images, batch_sizes=(1, 64), repeats=3, max_images_batch1=64, chunk_batches=2,
+        images,
+        batch_sizes=(1, 64),
+        repeats=3,
+        max_images_batch1=64,
+        chunk_batches=2,
     )
     assert [(r["model"], r["batch_size"]) for r in rows] == [("base", 1), ("cheap", 1), ("base", 64), ("cheap", 64)]
     base_rows = [r for r in rows if r["model"] == "base"]
@@ -20,10 +24,8 @@ def test_interleaved_measurement_ranks_a_model_doing_less_work_as_faster():
     assert cheap_64["wall_speedup_median"] > 1.5
     assert cheap_64["routing_efficiency"] == cheap_64["wall_speedup_median"] / 8.0
     assert rows[0]["images"] == 64 and rows[2]["images"] == 512
-    assert "routing efficiency" in format_rows(rows)
     assert rows[0]["paired_timings"] == 3 * 32 and rows[2]["paired_timings"] == 3 * 4  # repeats x chunks of 2 batches
     assert rows[3]["wall_speedup_min"] <= rows[3]["wall_speedup_median"]
-    assert median_speedups(rows, 64) == {"base": 1.0, "cheap": cheap_64["wall_speedup_median"]}
 
 
 def test_every_contender_first_meets_every_image_untimed_then_runs_each_repeat():
@@ -33,8 +35,13 @@ def test_every_contender_first_meets_every_image_untimed_then_runs_each_repeat()
         return lambda batch: seen[name].append(len(batch))
 
     images = torch.randn(100, 4)
-    measure([Contender("base", recorder("base"), 2.0), Contender("other", recorder("other"), 1.0)], images,
-            batch_sizes=(16,), repeats=2, chunk_batches=3)
+    measure(
+        [Contender("base", recorder("base"), 2.0), Contender("other", recorder("other"), 1.0)],
+        images,
+        batch_sizes=(16,),
+        repeats=2,
+        chunk_batches=3,
+    )
     for sizes in seen.values():
         assert sum(sizes) == 3 * len(images)  # one warm-up pass, then two timed repeats
         assert sizes[:7] == [16] * 6 + [4]  # the warm-up walks every batch, the ragged last one included

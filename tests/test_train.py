@@ -62,7 +62,13 @@ def test_interrupted_then_resumed_run_equals_an_uninterrupted_one(digits, tmp_pa
 def test_resume_refuses_a_checkpoint_made_with_other_settings(digits, tmp_path):
     fit(tiny_model(), train_data(digits), TrainConfig(epochs=1, batch_size=64), run_dir=tmp_path)
     with pytest.raises(CheckpointError, match="other settings"):
-        fit(tiny_model(), train_data(digits), TrainConfig(epochs=1, batch_size=64, lr=0.3), run_dir=tmp_path, resume=True)
+        fit(
+            tiny_model(),
+            train_data(digits),
+            TrainConfig(epochs=1, batch_size=64, lr=0.3),
+            run_dir=tmp_path,
+            resume=True,
+        )
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
@@ -96,11 +102,18 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(digits, tmp
 
 def test_tensor_batches_cover_every_sample_once():
     x, y = torch.arange(10.0)[:, None], torch.arange(10)
-    seen = torch.cat([labels for _, labels in TensorBatches(x, y, 3, shuffle=True)(torch.Generator().manual_seed(0), torch.device("cpu"))])
+    seen = torch.cat(
+        [
+            labels
+            for _, labels in TensorBatches(x, y, 3, shuffle=True)(torch.Generator().manual_seed(0), torch.device("cpu"))
+        ]
+    )
     assert sorted(seen.tolist()) == list(range(10))
 
 
-@pytest.mark.parametrize("kwargs", [{"epochs": 0}, {"batch_size": 0}, {"lr": -1.0}, {"schedule": "step"}, {"label_smoothing": 1.0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"epochs": 0}, {"batch_size": 0}, {"lr": -1.0}, {"schedule": "step"}, {"label_smoothing": 1.0}]
+)
 def test_bad_train_config_is_a_clear_error(kwargs):
     with pytest.raises(ConfigError):
         TrainConfig(**kwargs).validate()

@@ -8,12 +8,14 @@ from typing import Any
 
 import torch
 
-from dynacnn.timing import Contender, measure
+from dynacnn.data import normalize
 from dynacnn.errors import CheckpointError
 from dynacnn.flops import count_macs
 from dynacnn.io import ensure_dir, write_json
 from dynacnn.models.fold import fold_batchnorm
+from dynacnn.models.layout import device_layout
 from dynacnn.runs import DataSpec, ModelSpec, TrainedRun, load_run, save_run
+from dynacnn.timing import Contender, measure
 from dynacnn.train import ImageBatches, TrainConfig, evaluate, fit, resolve_device
 
 
@@ -37,13 +39,14 @@ def train_backbone(
     torch.manual_seed(config.seed)
     model = model_spec.build()
     out = ensure_dir(out_dir)
-    if dev.type == "cpu":
-        model = model.to(memory_format=torch.channels_last)
+    model = device_layout(model, dev)
     write_json(out / "splits.json", splits.split_indices())
     train_data = ImageBatches(splits.train, splits.info, config.batch_size, shuffle=True, augment=config.augment)
     calib_data = ImageBatches(splits.calib, splits.info, 512)
     identity = {"model": asdict(model_spec), "data": asdict(data_spec)}
-    result = fit(model, train_data, config, calib_data=calib_data, run_dir=out, resume=resume, device=dev, identity=identity)
+    result = fit(
+        model, train_data, config, calib_data=calib_data, run_dir=out, resume=resume, device=dev, identity=identity
+    )
     cost = count_macs(model.to("cpu"), torch.zeros(1, *splits.info.input_shape))
     summary = {
         "calib": {k.removeprefix("calib_"): v for k, v in result.final.items() if k.startswith("calib_")},
@@ -66,13 +69,9 @@ def evaluate_run(run_dir: str | Path, *, device: str = "auto", batch_size: int =
         raise CheckpointError(
             f"{run_dir} was trained for {run.model_spec.num_classes} classes but the data has {splits.info.num_classes}; check --data"
         )
-    from dynacnn.data import normalize
-
     test = ImageBatches(splits.test, splits.info, batch_size)
     metrics = evaluate(run.model, test, dev)
-    images = normalize(splits.test.images, splits.info).to(dev)
-    if dev.type == "cpu":
-        run.model.to(memory_format=torch.channels_last)
-        images = images.contiguous(memory_format=torch.channels_last)
+    images = device_layout(normalize(splits.test.images, splits.info).to(dev), dev)
+    device_layout(run.model, dev)
     timed = measure([Contender("model", fold_batchnorm(run.model), 1.0)], images, batch_sizes=(batch_size,), repeats=3)
     return {"top1": metrics["top1"], "top5": metrics["top5"], "images_per_s": timed[0]["images_per_s"]}

@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 
+from dynacnn import __version__
 from dynacnn.errors import DynacnnError
 
 app = typer.Typer(
@@ -20,7 +21,25 @@ app = typer.Typer(
     help="dynacnn: run only the parts of a CNN an input needs (CP-CNN routing, MS-CNN early exits).",
 )
 
-DataOpt = typer.Option("fashion-mnist", "--data", help="fashion-mnist | cifar10 | cifar100 | imagefolder | digits | synthetic")
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"dynacnn {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version, help="print the version and exit"
+    ),
+) -> None:
+    """dynacnn: run only the parts of a CNN an input needs (CP-CNN routing, MS-CNN early exits)."""
+
+
+DataOpt = typer.Option(
+    "fashion-mnist", "--data", help="fashion-mnist | cifar10 | cifar100 | imagefolder | digits | synthetic"
+)
 DataDirOpt = typer.Option(None, "--data-dir", help="dataset directory (default: the dataset's standard location)")
 DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda")
 
@@ -31,7 +50,9 @@ def train(
     data_dir: Optional[str] = DataDirOpt,
     arch: str = typer.Option("resnet18", help="resnet18 | resnet34"),
     width: float = typer.Option(0.25, help="channel width multiplier (1.0 = torchvision widths)"),
-    stem: str = typer.Option("small-pool", help="small (3x3/1) | small-pool (3x3/1 + 2x2 max-pool) | imagenet (7x7/2 + max-pool)"),
+    stem: str = typer.Option(
+        "small-pool", help="small (3x3/1) | small-pool (3x3/1 + 2x2 max-pool) | imagenet (7x7/2 + max-pool)"
+    ),
     epochs: int = typer.Option(8),
     batch_size: int = typer.Option(128),
     lr: float = typer.Option(0.1, help="peak learning rate"),
@@ -41,7 +62,9 @@ def train(
     no_augment: bool = typer.Option(False, "--no-augment", help="disable random crop / flip"),
     calib_fraction: float = typer.Option(0.1, help="share of the training data held out for calibration"),
     train_limit: Optional[int] = typer.Option(None, help="train on a stratified subset of this many images"),
-    image_size: Optional[int] = typer.Option(None, help="imagefolder only: resize (shorter side + centre crop) to this size"),
+    image_size: Optional[int] = typer.Option(
+        None, help="imagefolder only: resize (shorter side + centre crop) to this size"
+    ),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("runs/base"), help="run directory"),
     resume: bool = typer.Option(False, help="continue from the run's last finished epoch"),
@@ -52,16 +75,29 @@ def train(
     from dynacnn.runs import DataSpec, ModelSpec
     from dynacnn.train import TrainConfig
 
-    options = {key: value for key, value in (("train_limit", train_limit), ("image_size", image_size)) if value is not None}
+    options = {
+        key: value for key, value in (("train_limit", train_limit), ("image_size", image_size)) if value is not None
+    }
     summary = train_backbone(
         out,
         ModelSpec(arch=arch, width=width, stem=stem),
         DataSpec(name=data, data_dir=data_dir, calib_fraction=calib_fraction, seed=seed, options=options),
-        TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule,
-                    label_smoothing=label_smoothing, augment=not no_augment, seed=seed),
-        device=device, resume=resume,
+        TrainConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            schedule=schedule,
+            label_smoothing=label_smoothing,
+            augment=not no_augment,
+            seed=seed,
+        ),
+        device=device,
+        resume=resume,
     )
-    typer.echo(f"calibration top-1 {summary['calib']['top1']:.4f}, {summary['macs_per_image'] / 1e6:.2f} M MACs/image; run saved in {out}")
+    typer.echo(
+        f"calibration top-1 {summary['calib']['top1']:.4f}, {summary['macs_per_image'] / 1e6:.2f} M MACs/image; run saved in {out}"
+    )
 
 
 @app.command("eval")
@@ -78,7 +114,9 @@ def evaluate_cmd(
     if json_out:
         typer.echo(json.dumps(metrics))
     else:
-        typer.echo(f"test top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  {metrics['images_per_s']:.0f} images/s (batch {batch_size})")
+        typer.echo(
+            f"test top-1 {metrics['top1']:.4f}  top-5 {metrics['top5']:.4f}  {metrics['images_per_s']:.0f} images/s (batch {batch_size})"
+        )
 
 
 @app.command()
@@ -129,12 +167,21 @@ def cluster(
     from dynacnn.cpcnn.discover import discover_hyperclasses
 
     summary = discover_hyperclasses(
-        run, out or run, n_clusters=n_clusters, max_clusters=max_clusters, n_neighbors=n_neighbors,
-        similarity=similarity, edge_weights=edge_weights, random_state=seed, device=device,
+        run,
+        out or run,
+        n_clusters=n_clusters,
+        max_clusters=max_clusters,
+        n_neighbors=n_neighbors,
+        similarity=similarity,
+        edge_weights=edge_weights,
+        random_state=seed,
+        device=device,
     )
     for index, members in enumerate(summary["hyper_classes"]):
         typer.echo(f"hyper-class {index}: {', '.join(members['names'])}")
-    typer.echo(f"k = {summary['n_clusters']} (n_neighbors = {summary['n_neighbors']}); written to {out or run}/clusters.json")
+    typer.echo(
+        f"k = {summary['n_clusters']} (n_neighbors = {summary['n_neighbors']}); written to {out or run}/clusters.json"
+    )
 
 
 @app.command()
@@ -143,9 +190,15 @@ def cpcnn(
     out: Path = typer.Option(Path("runs/cpcnn"), help="output directory"),
     tau: Optional[float] = typer.Option(None, help="fixed Alg. 1 threshold in (0, 1]; default: chosen by --max-drop"),
     max_drop: float = typer.Option(0.5, help="largest calibration top-1 drop against the base, in percentage points"),
-    split: Optional[str] = typer.Option(None, help="shared part S ends after: stem | layer1 | layer2 | layer3 (default: chosen)"),
-    configs: Optional[str] = typer.Option(None, help="fixed configurations, e.g. 'C0:L44,C1:L1,clustifier:LC', or candidates, e.g. 'L1,L22'"),
-    clusters: Optional[int] = typer.Option(None, "--clusters", help="number of hyper-classes (default: Alg. 2's eigengap)"),
+    split: Optional[str] = typer.Option(
+        None, help="shared part S ends after: stem | layer1 | layer2 | layer3 (default: chosen)"
+    ),
+    configs: Optional[str] = typer.Option(
+        None, help="fixed configurations, e.g. 'C0:L44,C1:L1,clustifier:LC', or candidates, e.g. 'L1,L22'"
+    ),
+    clusters: Optional[int] = typer.Option(
+        None, "--clusters", help="number of hyper-classes (default: Alg. 2's eigengap)"
+    ),
     epochs: Optional[int] = typer.Option(None, help="epochs for the clustifier and each head (default 8)"),
     resume: bool = typer.Option(False, help="reuse finished parts in --out"),
     memory_format: str = typer.Option("auto", help="auto (the faster, timed) | contiguous | channels_last"),
@@ -153,15 +206,27 @@ def cpcnn(
     device: str = DeviceOpt,
 ) -> None:
     """CP-CNN: shared layers + clustifier + compressed hyper-class heads, tau sweep and routed inference."""
+    from dynacnn.cpcnn.config import CPCNNConfig
     from dynacnn.cpcnn.pipeline import run_cpcnn
 
     extra = {"epochs": epochs} if epochs is not None else {}
-    result = run_cpcnn(run, out, tau=tau, max_drop=max_drop, split=split, configs=configs, n_clusters=clusters,
-                       device=device, resume=resume, seed=seed, memory_format=memory_format, **extra)
+    config = CPCNNConfig(
+        tau=tau,
+        max_drop=max_drop,
+        split=split,
+        configs=configs,
+        n_clusters=clusters,
+        seed=seed,
+        memory_format=memory_format,
+        **extra,
+    )
+    result = run_cpcnn(run, out, config, device=device, resume=resume)
     chosen = result["chosen"]
-    typer.echo(f"CP-CNN tau {chosen['tau']}: test top-1 {chosen['top1']:.4f}, {chosen['macs_per_image'] / 1e6:.2f} M MACs/image, "
-               f"{chosen['images_per_s']:.0f} images/s (base {result['base']['top1']:.4f}, {result['base']['macs_per_image'] / 1e6:.2f} M, "
-               f"{chosen['base_images_per_s']:.0f} images/s); written to {out}")
+    typer.echo(
+        f"CP-CNN tau {chosen['tau']}: test top-1 {chosen['top1']:.4f}, {chosen['macs_per_image'] / 1e6:.2f} M MACs/image, "
+        f"{chosen['images_per_s']:.0f} images/s (base {result['base']['top1']:.4f}, {result['base']['macs_per_image'] / 1e6:.2f} M, "
+        f"{chosen['base_images_per_s']:.0f} images/s); written to {out}"
+    )
 
 
 @app.command()
@@ -171,22 +236,32 @@ def mscnn(
     out: Path = typer.Option(Path("runs/mscnn"), help="output directory"),
     epochs: Optional[int] = typer.Option(None, help="training epochs"),
     resume: bool = typer.Option(False, help="continue training from the last finished epoch"),
-    max_drop: float = typer.Option(0.5, help="largest calibration top-1 drop against the full MS-CNN, in percentage points"),
-    augment: bool = typer.Option(False, "--augment", help="train with random crops and flips (off: see README)"),
-    fc_rows: str = typer.Option("batch", help="pruned FC rows at run time: batch (rows any image of a sub-batch keeps) | image (each image's own)"),
+    max_drop: float = typer.Option(
+        0.5, help="largest calibration top-1 drop against the full MS-CNN, in percentage points"
+    ),
+    augment: bool = typer.Option(
+        False, "--augment", help="train with random crops and flips (off: see docs/departures.md, training recipes)"
+    ),
+    fc_rows: str = typer.Option(
+        "batch",
+        help="pruned FC rows at run time: batch (rows any image of a sub-batch keeps) | image (each image's own)",
+    ),
     seed: int = typer.Option(0),
     device: str = DeviceOpt,
 ) -> None:
     """MS-CNN: multi-stage network on DWT sub-bands, TP / CAP_FC / CAP_CONV / PTHP sweeps, bit-lengths."""
+    from dynacnn.mscnn.config import MSCNNRunConfig
     from dynacnn.mscnn.pipeline import run_mscnn
 
     extra = {"epochs": epochs} if epochs is not None else {}
-    result = run_mscnn(out, data=data, data_dir=data_dir, resume=resume, max_drop=max_drop, device=device, seed=seed,
-                       augment=augment, fc_rows=fc_rows, **extra)
+    config = MSCNNRunConfig(max_drop=max_drop, augment=augment, fc_rows=fc_rows, seed=seed, **extra)
+    result = run_mscnn(out, config, data=data, data_dir=data_dir, device=device, resume=resume)
     chosen, full = result["chosen"], result["full"]
-    typer.echo(f"MS-CNN {chosen['policy']}: test top-1 {chosen['top1']:.4f}, {chosen['macs_per_image'] / 1e6:.2f} M MACs/image "
-               f"({chosen['macs_per_image'] / full['macs_per_image']:.0%} of the full network), {chosen['images_per_s']:.0f} images/s "
-               f"(full {full['top1']:.4f}, {full['images_per_s']:.0f} images/s); written to {out}")
+    typer.echo(
+        f"MS-CNN {chosen['policy']}: test top-1 {chosen['top1']:.4f}, {chosen['macs_per_image'] / 1e6:.2f} M MACs/image "
+        f"({chosen['macs_per_image'] / full['macs_per_image']:.0%} of the full network), {chosen['images_per_s']:.0f} images/s "
+        f"(full {full['top1']:.4f}, {full['images_per_s']:.0f} images/s); written to {out}"
+    )
 
 
 @app.command()
@@ -195,15 +270,20 @@ def demo(
     data_dir: Optional[str] = DataDirOpt,
     out: Path = typer.Option(Path("runs/demo"), help="output directory (a re-run reuses what is finished there)"),
     quick: bool = typer.Option(False, help="a subset and fewer epochs: a few minutes end to end"),
-    max_drop: float = typer.Option(0.5, help="largest calibration top-1 drop allowed when choosing operating points (points)"),
-    epochs: Optional[int] = typer.Option(None, help="epochs of the base, MS-CNN and matched ResNet (default 5; 2 with --quick)"),
+    max_drop: float = typer.Option(
+        0.5, help="largest calibration top-1 drop allowed when choosing operating points (points)"
+    ),
+    epochs: Optional[int] = typer.Option(
+        None, help="epochs of the base, MS-CNN and matched ResNet (default 5; 2 with --quick)"
+    ),
     seed: int = typer.Option(0),
     device: str = DeviceOpt,
 ) -> None:
     """The main job: base model, CP-CNN, MS-CNN, baselines, benchmark; writes report.md/.json and plots."""
-    from dynacnn.report.demo import run_demo
+    from dynacnn.experiments.demo import DemoConfig, run_demo
 
-    run_demo(out, data=data, data_dir=data_dir, quick=quick, max_drop=max_drop, device=device, seed=seed, epochs=epochs)
+    config = DemoConfig(data=data, data_dir=data_dir, quick=quick, max_drop=max_drop, epochs=epochs, seed=seed)
+    run_demo(out, config, device=device)
     typer.echo(f"report: {out / 'report.md'}")
 
 
@@ -216,7 +296,7 @@ def bench(
     """Images/s of the base model, CP-CNN, MS-CNN and compute-matched ResNet at batch 1, 32, 256, side by side."""
     from rich.console import Console
 
-    from dynacnn.report.demo import bench_demo
+    from dynacnn.experiments.bench import bench_demo
 
     bench_demo(demo_dir, device=device, console=Console(), repeats=repeats)
 

@@ -8,8 +8,9 @@ ops are counted, the same call measures the real cost of routed and early-exit e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,7 +56,9 @@ class CostReport:
         """Per-module table (MACs per image), as markdown."""
         lines = ["| module | MACs | params |", "| --- | ---: | ---: |"]
         for row in self.rows:
-            lines.append(f"| {row.name} | {format_count(row.macs / max(self.batch_size, 1))} | {format_count(row.params)} |")
+            lines.append(
+                f"| {row.name} | {format_count(row.macs / max(self.batch_size, 1))} | {format_count(row.params)} |"
+            )
         lines.append(f"| **total** | **{format_count(self.macs_per_image)}** | **{format_count(self.params)}** |")
         return "\n".join(lines) + f"\n\n{MAC_NOTE}\n"
 

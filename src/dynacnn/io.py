@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from dynacnn.errors import DynacnnError
 
@@ -51,7 +52,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
         except FileNotFoundError:
             pass
         if isinstance(exc, OSError):
-            raise DynacnnError(f"cannot write {path}: {exc.strerror or exc}; free some space or choose another --out") from exc
+            raise DynacnnError(
+                f"cannot write {path}: {exc.strerror or exc}; free some space or choose another --out"
+            ) from exc
         raise
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
+from dynacnn.data import load_dataset
 from dynacnn.errors import CheckpointError
 from dynacnn.io import read_json, write_bytes, write_json
 from dynacnn.models import build_resnet
@@ -44,9 +46,9 @@ class DataSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
     def load(self):
-        from dynacnn.data import load_dataset
-
-        return load_dataset(self.name, self.data_dir, calib_fraction=self.calib_fraction, seed=self.seed, **self.options)
+        return load_dataset(
+            self.name, self.data_dir, calib_fraction=self.calib_fraction, seed=self.seed, **self.options
+        )
 
 
 def save_weights(path: str | Path, module: nn.Module) -> None:
@@ -86,20 +88,34 @@ class TrainedRun:
     meta: dict[str, Any]
 
 
-def save_run(run_dir: str | Path, model: nn.Module, model_spec: ModelSpec, data_spec: DataSpec, extra: dict[str, Any] | None = None) -> None:
+def save_run(
+    run_dir: str | Path,
+    model: nn.Module,
+    model_spec: ModelSpec,
+    data_spec: DataSpec,
+    extra: dict[str, Any] | None = None,
+) -> None:
     """Write `model.safetensors` and `run.json` (format version, specs, extra metadata)."""
     run_dir = Path(run_dir)
     save_weights(run_dir / "model.safetensors", model)
-    write_json(run_dir / "run.json", {
-        "format_version": RUN_FORMAT_VERSION, "model": asdict(model_spec), "data": asdict(data_spec), **(extra or {}),
-    })
+    write_json(
+        run_dir / "run.json",
+        {
+            "format_version": RUN_FORMAT_VERSION,
+            "model": asdict(model_spec),
+            "data": asdict(data_spec),
+            **(extra or {}),
+        },
+    )
 
 
 def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> TrainedRun:
     """Load a run made by `dynacnn train`; a missing or foreign run directory is a clear error."""
     run_dir = Path(run_dir)
     if not (run_dir / "run.json").exists():
-        raise CheckpointError(f"{run_dir} is not a finished dynacnn run (no run.json); make it with `dynacnn train --out {run_dir}`")
+        raise CheckpointError(
+            f"{run_dir} is not a finished dynacnn run (no run.json); make it with `dynacnn train --out {run_dir}`"
+        )
     meta = read_json(run_dir / "run.json")
     if meta.get("format_version") != RUN_FORMAT_VERSION:
         raise CheckpointError(f"{run_dir}/run.json has an unknown format version; it was not written by this dynacnn")
@@ -116,7 +132,7 @@ def remembered(path: Path, key: str, identity: dict[str, Any], resume: bool, com
     """`compute()`, stored under `key` in `path`; with `resume`, the stored value if its identity matches.
 
     Choices made by measured time (memory format, split point) are made once per output directory, so a
-    resumed run repeats the interrupted run's choices instead of re-timing them (issue 7: same result)."""
+    resumed run repeats the interrupted run's choices instead of re-timing them (same result)."""
     stored = read_json(path) if path.exists() else {}
     entry = stored.get(key)
     if resume and isinstance(entry, dict) and entry.get("identity") == json.loads(json.dumps(identity)):

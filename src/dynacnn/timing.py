@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -67,38 +68,25 @@ def measure(
                 for contender in contenders[shift:] + contenders[:shift]:
                     times[contender.name][-1].append(_time_pass(contender.infer, part, batch_size))
         for contender in contenders:
-            ratios = [b / c for base_pass, pass_ in zip(times[base.name], times[contender.name]) for b, c in zip(base_pass, pass_)]
+            ratios = [
+                b / c
+                for base_pass, pass_ in zip(times[base.name], times[contender.name])
+                for b, c in zip(base_pass, pass_)
+            ]
             mac_speedup = base.macs_per_image / contender.macs_per_image if contender.macs_per_image else float("inf")
             wall_median = statistics.median(ratios)
-            rows.append({
-                "model": contender.name,
-                "batch_size": batch_size,
-                "images": len(subset),
-                "images_per_s": len(subset) / statistics.median(sum(pass_) for pass_ in times[contender.name]),
-                "macs_per_image": contender.macs_per_image,
-                "mac_speedup": mac_speedup,
-                "wall_speedup_min": min(ratios),
-                "wall_speedup_median": wall_median,
-                "paired_timings": len(ratios),
-                "routing_efficiency": wall_median / mac_speedup,
-            })
+            rows.append(
+                {
+                    "model": contender.name,
+                    "batch_size": batch_size,
+                    "images": len(subset),
+                    "images_per_s": len(subset) / statistics.median(sum(pass_) for pass_ in times[contender.name]),
+                    "macs_per_image": contender.macs_per_image,
+                    "mac_speedup": mac_speedup,
+                    "wall_speedup_min": min(ratios),
+                    "wall_speedup_median": wall_median,
+                    "paired_timings": len(ratios),
+                    "routing_efficiency": wall_median / mac_speedup,
+                }
+            )
     return rows
-
-
-def median_speedups(rows: list[dict[str, Any]], batch_size: int = 256) -> dict[str, float]:
-    """Each model's median paired wall-clock speed-up against the base at one batch size, from `measure` rows."""
-    return {row["model"]: row["wall_speedup_median"] for row in rows if row["batch_size"] == batch_size}
-
-
-def format_rows(rows: list[dict[str, Any]]) -> str:
-    """Markdown table of `measure` rows."""
-    lines = [
-        "| model | batch | images/s | MACs/image | MAC speed-up | wall speed-up (min / median) | routing efficiency |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row['model']} | {row['batch_size']} | {row['images_per_s']:.0f} | {row['macs_per_image'] / 1e6:.2f} M | "
-            f"{row['mac_speedup']:.2f}x | {row['wall_speedup_min']:.2f}x / {row['wall_speedup_median']:.2f}x | {row['routing_efficiency']:.2f} |"
-        )
-    return "\n".join(lines) + "\n"

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from dynacnn.data import batches
 from dynacnn.errors import CheckpointError, ConfigError
 from dynacnn.io import atomic_write, ensure_dir, write_json, write_text
 from dynacnn.models.layout import safe_backward_layout
@@ -34,7 +36,7 @@ class TrainConfig:
     augment: bool = True
     seed: int = 0
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         if self.epochs < 1:
             raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -53,7 +55,9 @@ class Batches(Protocol):
 
     num_samples: int
 
-    def __call__(self, generator: torch.Generator | None, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def __call__(
+        self, generator: torch.Generator | None, device: torch.device
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
 @dataclass
@@ -70,12 +74,17 @@ class ImageBatches:
     def num_samples(self) -> int:
         return len(self.split)
 
-    def __call__(self, generator: torch.Generator | None, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from dynacnn.data import batches
-
+    def __call__(
+        self, generator: torch.Generator | None, device: torch.device
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return batches(
-            self.split, self.info, self.batch_size, shuffle=self.shuffle, augment=self.augment,
-            generator=generator, device=device,
+            self.split,
+            self.info,
+            self.batch_size,
+            shuffle=self.shuffle,
+            augment=self.augment,
+            generator=generator,
+            device=device,
         )
 
 
@@ -92,7 +101,9 @@ class TensorBatches:
     def num_samples(self) -> int:
         return len(self.labels)
 
-    def __call__(self, generator: torch.Generator | None, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __call__(
+        self, generator: torch.Generator | None, device: torch.device
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.labels)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         for start in range(0, n, self.batch_size):
@@ -117,7 +128,9 @@ def final_logits(outputs: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: Batches, device: torch.device, logits_fn: Callable[[Any], torch.Tensor] = final_logits) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(
+    model: nn.Module, data: Batches, device: torch.device, logits_fn: Callable[[Any], torch.Tensor] = final_logits
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N, K) and labels (N,) for every sample of `data`, on the CPU."""
     model.eval()
     all_logits, all_labels = [], []
@@ -147,7 +160,9 @@ def paired_drop(reference: torch.Tensor, correct: torch.Tensor) -> tuple[float, 
     return diff.mean().item(), (diff.std(unbiased=False) / len(diff) ** 0.5).item()
 
 
-def evaluate(model: nn.Module, data: Batches, device: torch.device, logits_fn: Callable[[Any], torch.Tensor] = final_logits) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, data: Batches, device: torch.device, logits_fn: Callable[[Any], torch.Tensor] = final_logits
+) -> dict[str, float]:
     """Top-1, top-5 (fractions) and mean cross-entropy on `data`."""
     logits, labels = predict(model, data, device, logits_fn)
     return {
@@ -175,7 +190,9 @@ def _make_optimizer(model: nn.Module, config: TrainConfig, steps_per_epoch: int)
     no_decay = [p for p in params if p.dim() <= 1]
     optimizer = torch.optim.SGD(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr, momentum=config.momentum, nesterov=True,
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=True,
     )
     total = config.epochs * steps_per_epoch
     if config.schedule == "onecycle":
@@ -197,15 +214,24 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}; train without --resume first") from None
     except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a dynacnn checkpoint ({type(exc).__name__}); delete it and re-run") from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a dynacnn checkpoint ({type(exc).__name__}); delete it and re-run"
+        ) from None
     if not isinstance(state, dict) or state.get("format_version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"checkpoint {path} has an unknown format version; it was not written by this dynacnn")
     return state
 
 
-def _train_epoch(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], optimizer: torch.optim.Optimizer,
-                 scheduler: Any, criterion: Callable[[Any, torch.Tensor], torch.Tensor],
-                 logits_fn: Callable[[Any], torch.Tensor], steps: int, desc: str) -> dict[str, float]:
+def _train_epoch(
+    model: nn.Module,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    criterion: Callable[[Any, torch.Tensor], torch.Tensor],
+    logits_fn: Callable[[Any], torch.Tensor],
+    steps: int,
+    desc: str,
+) -> dict[str, float]:
     """One pass of SGD steps over `batches`; returns the epoch's training loss, top-1 and images/s."""
     model.train()
     seen, correct, loss_sum = 0, 0, 0.0
@@ -222,9 +248,16 @@ def _train_epoch(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.T
         seen += batch
         loss_sum += loss.item() * batch
         correct += (logits_fn(outputs).argmax(1) == labels).sum().item()
-        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{seen / (time.perf_counter() - epoch_start):.0f}")
-    return {"train_loss": loss_sum / max(seen, 1), "train_top1": correct / max(seen, 1),
-            "images_per_s": seen / (time.perf_counter() - epoch_start)}
+        bar.set_postfix(
+            loss=f"{loss_sum / seen:.3f}",
+            acc=f"{correct / seen:.3f}",
+            img_s=f"{seen / (time.perf_counter() - epoch_start):.0f}",
+        )
+    return {
+        "train_loss": loss_sum / max(seen, 1),
+        "train_top1": correct / max(seen, 1),
+        "images_per_s": seen / (time.perf_counter() - epoch_start),
+    }
 
 
 def fit(
@@ -277,21 +310,47 @@ def fit(
     started = time.perf_counter()
     with safe_backward_layout(model):
         for epoch in range(start_epoch, config.epochs):
-            row = {"epoch": epoch + 1, **_train_epoch(model, train_data(generator, device), optimizer, scheduler, criterion,
-                                                      logits_fn, steps_per_epoch, f"{desc} {epoch + 1}/{config.epochs}")}
+            row = {
+                "epoch": epoch + 1,
+                **_train_epoch(
+                    model,
+                    train_data(generator, device),
+                    optimizer,
+                    scheduler,
+                    criterion,
+                    logits_fn,
+                    steps_per_epoch,
+                    f"{desc} {epoch + 1}/{config.epochs}",
+                ),
+            }
             if calib_data is not None:
                 metrics = evaluate(model, calib_data, device, logits_fn)
                 row.update({f"calib_{key}": value for key, value in metrics.items()})
             result.history.append(row)
             if checkpoint_path is not None:
-                save_checkpoint(checkpoint_path, {
-                    "config": asdict(config), "identity": identity, "epoch": epoch + 1,
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": result.history,
-                })
+                save_checkpoint(
+                    checkpoint_path,
+                    {
+                        "config": asdict(config),
+                        "identity": identity,
+                        "epoch": epoch + 1,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "generator": generator.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                        "history": result.history,
+                    },
+                )
                 write_text(run_path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in result.history))
-            tqdm.write(f"{desc} epoch {epoch + 1}/{config.epochs}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
+            tqdm.write(
+                f"{desc} epoch {epoch + 1}/{config.epochs}: "
+                + ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch")
+            )
     result.seconds = time.perf_counter() - started
     if run_path is not None:
-        write_json(run_path / "metrics.json", {"history": result.history, "final": result.final, "train_seconds_this_process": result.seconds})
+        write_json(
+            run_path / "metrics.json",
+            {"history": result.history, "final": result.final, "train_seconds_this_process": result.seconds},
+        )
     return result

@@ -17,8 +17,8 @@ from sklearn.metrics import adjusted_rand_score as ari
 from sklearn.neighbors import kneighbors_graph
 
 from dynacnn.cpcnn.clustering import HyperClassClustering, confusion_similarity
+from dynacnn.cpcnn.discover import write_clusters
 from dynacnn.errors import ConfigError, DataError
-from dynacnn.report.cluster_plots import plot_eigenvalues, plot_similarity
 
 PAPER = {"similarity": "indicator", "edge_weights": "binary"}
 
@@ -217,24 +217,20 @@ def test_score_against_and_to_dict():
     assert summary["degree_stats"]["hub_name"] == names[est.degree_stats_["hub_class"]]
 
 
-def test_plots_are_valid_pngs(tmp_path):
+def test_write_clusters_writes_the_json_and_both_plots(tmp_path):
     probs, labels, _ = planted((5, 9, 16), seed=0)
     est = HyperClassClustering().fit(probs, labels)
-    paths = [
-        plot_eigenvalues(est, tmp_path / "eig.png"),
-        plot_similarity(est, tmp_path / "sim.png", class_names=[f"c{i}" for i in range(30)]),
-        plot_similarity(est, tmp_path / "sub" / "sim_ids.png"),
-    ]
-    for path in paths:
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        with Image.open(path) as image:
+    names = [f"c{i}" for i in range(30)]
+    summary = write_clusters(tmp_path, est, names)
+    assert json.loads((tmp_path / "clusters.json").read_text()) == json.loads(json.dumps(summary))
+    for name in ("eigenvalues.png", "similarity.png"):
+        with Image.open(tmp_path / name) as image:
             image.verify()
-    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["eig.png", "sim.png", "sim_ids.png"]
     with pytest.raises(ConfigError, match="class_names"):
-        plot_similarity(est, tmp_path / "bad.png", class_names=["a"])
+        write_clusters(tmp_path / "bad", est, ["a"])
     with pytest.raises(ConfigError, match="not fitted"):
-        plot_eigenvalues(HyperClassClustering(), tmp_path / "unfitted.png")
-    assert not (tmp_path / "bad.png").exists()
+        write_clusters(tmp_path / "unfitted", HyperClassClustering(), names)
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "unfitted").exists()
 
 
 def test_rows_not_summing_to_one_are_renormalised_with_a_warning():

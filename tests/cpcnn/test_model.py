@@ -19,10 +19,14 @@ MEMBERS = [[0, 3, 5], [1], [2, 4], [6, 7, 8]]
 
 def _cpcnn(backbone: torch.nn.Module, split: str = "layer2", configs=("L1", None, "L22", "L0"), shape=SHAPE) -> CPCNN:
     torch.manual_seed(0)
-    heads = [TrivialHead() if name is None else build_head(backbone, split, name, len(group), shape, group)
-             for name, group in zip(configs, MEMBERS)]
+    heads = [
+        TrivialHead() if name is None else build_head(backbone, split, name, len(group), shape, group)
+        for name, group in zip(configs, MEMBERS)
+    ]
     confusion = torch.randint(0, 30, (4, 4)).double() + 300 * torch.eye(4)
-    model = CPCNN(shared_part(backbone, split), build_head(backbone, split, "LC", 4, shape), heads, MEMBERS, confusion, shape)
+    model = CPCNN(
+        shared_part(backbone, split), build_head(backbone, split, "LC", 4, shape), heads, MEMBERS, confusion, shape
+    )
     for module in model.modules():  # non-trivial BatchNorm statistics, so that gathers would show up
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
@@ -109,7 +113,9 @@ def test_channels_last_routing_keeps_the_format_and_the_result(model):
     fast.set_policy(0.6, "top", "clustifier").to(memory_format=torch.channels_last)
     formats = []
     for head in (fast.heads[0], fast.heads[2], fast.heads[3]):
-        head.register_forward_pre_hook(lambda _, args: formats.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+        head.register_forward_pre_hook(
+            lambda _, args: formats.append(args[0].is_contiguous(memory_format=torch.channels_last))
+        )
     routed = fast(x.contiguous(memory_format=torch.channels_last))
     assert formats and all(formats)
     assert torch.allclose(routed.probs, expected.probs, atol=1e-5)

@@ -3,20 +3,39 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
-from dynacnn.cpcnn.pipeline import TABLE2_TAUS, choose_tau, convert, load_clusters, load_cpcnn, parse_configs, pick_cheapest, run_cpcnn
+from dynacnn.cpcnn.config import CPCNNConfig, parse_configs
+from dynacnn.cpcnn.discover import hyper_classes
+from dynacnn.cpcnn.explore import TABLE2_TAUS, choose_tau, pick_cheapest
+from dynacnn.cpcnn.pipeline import convert, run_cpcnn
+from dynacnn.cpcnn.serialize import load_cpcnn
 from dynacnn.data import normalize
 from dynacnn.errors import CheckpointError, ConfigError
 from dynacnn.io import write_json
 from dynacnn.runs import DataSpec, ModelSpec, save_run
 from dynacnn.train import ImageBatches, TrainConfig, fit
 
-DATA = DataSpec("synthetic", None, 0.25, 0, {"num_classes": 6, "num_groups": 3, "image_size": 12, "channels": 1,
-                                           "samples_per_class": 24, "test_samples_per_class": 8})
+DATA = DataSpec(
+    "synthetic",
+    None,
+    0.25,
+    0,
+    {
+        "num_classes": 6,
+        "num_groups": 3,
+        "image_size": 12,
+        "channels": 1,
+        "samples_per_class": 24,
+        "test_samples_per_class": 8,
+    },
+)
 MEMBERS = [[0, 2, 4], [1, 3], [5]]
+QUICK = CPCNNConfig(quick=True, max_drop=5.0)
+SETTINGS_EXTRA = ("train_epochs", "head_tolerance_points", "clustifier_tolerance_points", "timing")
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +46,12 @@ def base_run(tmp_path_factory):
     spec = ModelSpec("resnet18", 0.125, "small", 6, 1)
     torch.manual_seed(0)
     model = spec.build()
-    fit(model, ImageBatches(data.train, data.info, 32, shuffle=True), TrainConfig(epochs=1, batch_size=32, lr=0.05, schedule="cosine"), run_dir=run_dir)
+    fit(
+        model,
+        ImageBatches(data.train, data.info, 32, shuffle=True),
+        TrainConfig(epochs=1, batch_size=32, lr=0.05, schedule="cosine"),
+        run_dir=run_dir,
+    )
     save_run(run_dir, model, spec, DATA)
     return run_dir, data, model
 
@@ -36,17 +60,36 @@ def base_run(tmp_path_factory):
 def converted(base_run, tmp_path_factory):
     run_dir, data, _ = base_run
     out = tmp_path_factory.mktemp("cpcnn")
-    write_json(out / "clusters.json", {"hyper_classes": [{"id": g, "classes": group} for g, group in enumerate(MEMBERS)]})
-    return out, run_cpcnn(run_dir, out, quick=True, device="cpu", max_drop=5.0)
+    write_json(
+        out / "clusters.json", {"hyper_classes": [{"id": g, "classes": group} for g, group in enumerate(MEMBERS)]}
+    )
+    return out, run_cpcnn(run_dir, out, QUICK, device="cpu")
 
 
 def test_writes_every_artifact(converted):
     out, _ = converted
-    for name in ("cpcnn.json", "cpcnn.md", "table1_resnet18.md", "fig4_accuracy_macs.png", "fig4_mac_breakdown.png",
-                 "policies.png", "split_sweep.png", "cpcnn.safetensors", "cpcnn_model.json"):
+    for name in (
+        "cpcnn.json",
+        "cpcnn.md",
+        "table1_resnet18.md",
+        "fig4_accuracy_macs.png",
+        "fig4_mac_breakdown.png",
+        "policies.png",
+        "split_sweep.png",
+        "cpcnn.safetensors",
+        "cpcnn_model.json",
+    ):
         assert (out / name).stat().st_size > 0, name
     markdown = (out / "cpcnn.md").read_text()
-    for heading in ("Table 1 analog", "Table 2", "CC-ideal", "oracle", "Shared-layer sweep", "Activation rule", "Table 1 reproduction"):
+    for heading in (
+        "Table 1 analog",
+        "Table 2",
+        "CC-ideal",
+        "oracle",
+        "Shared-layer sweep",
+        "Activation rule",
+        "Table 1 reproduction",
+    ):
         assert heading in markdown
 
 
@@ -85,7 +128,9 @@ def test_reloaded_model_reproduces_the_chosen_point(base_run, converted):
     model = load_cpcnn(out)
     routed = model(normalize(data.test.images, data.info))
     assert model.tau == result["chosen"]["tau"]
-    assert (routed.probs.argmax(1) == data.test.labels).double().mean().item() == pytest.approx(result["chosen"]["top1"])
+    assert (routed.probs.argmax(1) == data.test.labels).double().mean().item() == pytest.approx(
+        result["chosen"]["top1"]
+    )
     assert routed.macs.double().mean().item() == pytest.approx(result["chosen"]["macs_per_image"])
 
 
@@ -94,9 +139,9 @@ def test_resume_reuses_finished_components(base_run, converted):
     out, result = converted
     components = sorted((out / "components").glob("*.json"))
     stamps = [path.stat().st_mtime_ns for path in components]
-    again = convert(model, data, out, quick=True, device="cpu", max_drop=5.0, resume=True, split=result["split"],
-                    configs={"clustifier": result["configs"]["clustifier"], "0": result["configs"]["heads"][0],
-                             "1": result["configs"]["heads"][1]})
+    configs = result["configs"]
+    fixed = f"clustifier:{configs['clustifier']},C0:{configs['heads'][0]},C1:{configs['heads'][1]}"
+    again = convert(model, data, out, replace(QUICK, split=result["split"], configs=fixed), device="cpu", resume=True)
     assert [path.stat().st_mtime_ns for path in components] == stamps
     assert again["configs"] == result["configs"]
 
@@ -104,14 +149,14 @@ def test_resume_reuses_finished_components(base_run, converted):
 def test_bad_input_is_refused_before_any_work(base_run, tmp_path):
     run_dir, data, model = base_run
     with pytest.raises(ConfigError, match="tau"):
-        run_cpcnn(run_dir, tmp_path, tau=1.5)
+        run_cpcnn(run_dir, tmp_path, CPCNNConfig(tau=1.5))
     with pytest.raises(ConfigError, match="split point"):
-        convert(model, data, tmp_path, split="layer4")
+        convert(model, data, tmp_path, CPCNNConfig(split="layer4"))
     with pytest.raises(ConfigError, match="max_drop"):
-        convert(model, data, tmp_path, max_drop=-1)
+        convert(model, data, tmp_path, CPCNNConfig(max_drop=-1))
     for bad in (1, 7, 2.5, True):
         with pytest.raises(ConfigError, match="--clusters"):
-            convert(model, data, tmp_path, n_clusters=bad)
+            convert(model, data, tmp_path, CPCNNConfig(n_clusters=bad))
     wrong = ModelSpec("resnet18", 0.125, "small", 4, 1)
     with pytest.raises(ConfigError, match="classes"):
         convert(wrong.build(), data, tmp_path)
@@ -121,9 +166,9 @@ def test_bad_input_is_refused_before_any_work(base_run, tmp_path):
         run_cpcnn(tmp_path / "wrong", tmp_path / "out")
     write_json(tmp_path / "clusters.json", {"hyper_classes": [{"classes": group} for group in MEMBERS]})
     with pytest.raises(ConfigError, match="unknown configuration"):
-        convert(model, data, tmp_path, configs="L1,L9")
+        convert(model, data, tmp_path, CPCNNConfig(configs="L1,L9"))
     with pytest.raises(ConfigError, match="hyper-class index"):
-        convert(model, data, tmp_path, configs="7=L1")
+        convert(model, data, tmp_path, CPCNNConfig(configs="7=L1"))
     with pytest.raises(CheckpointError):
         load_cpcnn(tmp_path / "nothing")
     assert not (tmp_path / "cpcnn.json").exists()
@@ -134,15 +179,15 @@ def test_clusters_are_fitted_when_absent_and_checked_when_given(tmp_path):
     labels = torch.arange(6).repeat(20)
     logits = torch.randn(120, 6, generator=generator) + 4 * torch.nn.functional.one_hot(labels, 6)
     logits[:, [0, 1, 2]] += 2 * (labels[:, None] < 3)
-    members, clusters = load_clusters(tmp_path, torch.softmax(logits, 1), labels, [f"c{i}" for i in range(6)], 0)
+    members, clusters = hyper_classes(tmp_path, torch.softmax(logits, 1), labels, [f"c{i}" for i in range(6)], 0)
     assert sorted(c for group in members for c in group) == list(range(6))
     assert (tmp_path / "clusters.json").exists() and (tmp_path / "eigenvalues.png").exists()
     write_json(tmp_path / "clusters.json", {"hyper_classes": [{"classes": [0, 1]}, {"classes": [1, 2, 3, 4, 5]}]})
     with pytest.raises(ConfigError, match="partition"):
-        load_clusters(tmp_path, torch.softmax(logits, 1), labels, [f"c{i}" for i in range(6)], 0)
+        hyper_classes(tmp_path, torch.softmax(logits, 1), labels, [f"c{i}" for i in range(6)], 0)
     write_json(tmp_path / "clusters.json", {"hyper_classes": [{"classes": [0, 1, 2]}, {"classes": [3, 4]}]})
     with pytest.raises(ConfigError, match="6"):
-        load_clusters(tmp_path, torch.softmax(logits, 1), labels, [f"c{i}" for i in range(6)], 0)
+        hyper_classes(tmp_path, torch.softmax(logits, 1), labels, [f"c{i}" for i in range(6)], 0)
 
 
 @pytest.mark.parametrize("n_clusters", [2, 3, 4])
@@ -151,16 +196,20 @@ def test_a_given_hyper_class_count_is_fitted_and_then_enforced(tmp_path, n_clust
     labels = torch.arange(6).repeat(20)
     probs = torch.softmax(torch.randn(120, 6, generator=generator) + 3 * torch.nn.functional.one_hot(labels, 6), 1)
     names = [f"c{i}" for i in range(6)]
-    members, clusters = load_clusters(tmp_path, probs, labels, names, 0, n_clusters)
+    members, clusters = hyper_classes(tmp_path, probs, labels, names, 0, n_clusters)
     assert len(members) == n_clusters == clusters["n_clusters"] and clusters["n_clusters_given"]
     assert sorted(c for group in members for c in group) == list(range(6))
-    assert load_clusters(tmp_path, probs, labels, names, 0)[0] == members
+    assert hyper_classes(tmp_path, probs, labels, names, 0)[0] == members
     with pytest.raises(ConfigError, match="delete it to re-cluster"):
-        load_clusters(tmp_path, probs, labels, names, 0, 7 - n_clusters if n_clusters != 3 else 2)
+        hyper_classes(tmp_path, probs, labels, names, 0, 7 - n_clusters if n_clusters != 3 else 2)
 
 
 def test_configuration_selection_and_parsing():
-    records = {"L0": {"calib_top1": 0.90, "macs": 100}, "L1": {"calib_top1": 0.897, "macs": 60}, "L22": {"calib_top1": 0.88, "macs": 10}}
+    records = {
+        "L0": {"calib_top1": 0.90, "macs": 100},
+        "L1": {"calib_top1": 0.897, "macs": 60},
+        "L22": {"calib_top1": 0.88, "macs": 10},
+    }
     assert pick_cheapest(records, 0.5) == "L1"
     assert pick_cheapest(records, 2.0) == "L22"
     assert pick_cheapest(records, 0.0) == "L0"
@@ -172,8 +221,39 @@ def test_configuration_selection_and_parsing():
 
 
 def test_choose_tau_counts_standard_errors_of_the_paired_drop():
-    rows = [{"tau": 0.3, "top1": 0.897, "macs_per_image": 10, "drop_se": 0.002},
-            {"tau": 0.9, "top1": 0.899, "macs_per_image": 20, "drop_se": 0.0005}]
-    assert choose_tau(rows, 0.900, 0.5, z=0.0) == (rows[0], True)   # drop 0.3 points <= 0.5
-    assert choose_tau(rows, 0.900, 0.5, z=2.0) == (rows[1], True)   # 0.3 + 2 x 0.2 > 0.5; 0.1 + 2 x 0.05 <= 0.5
+    rows = [
+        {"tau": 0.3, "top1": 0.897, "macs_per_image": 10, "drop_se": 0.002},
+        {"tau": 0.9, "top1": 0.899, "macs_per_image": 20, "drop_se": 0.0005},
+    ]
+    assert choose_tau(rows, 0.900, 0.5, z=0.0) == (rows[0], True)  # drop 0.3 points <= 0.5
+    assert choose_tau(rows, 0.900, 0.5, z=2.0) == (rows[1], True)  # 0.3 + 2 x 0.2 > 0.5; 0.1 + 2 x 0.05 <= 0.5
     assert choose_tau(rows, 0.900, 0.05, z=2.0) == (rows[1], False)  # nothing qualifies: the most accurate
+
+
+def test_resume_reuses_redoes_or_refuses_as_the_config_changes(base_run, tmp_path):
+    """Resume keys: a component is reused when its own training settings match; a changed budget re-chooses from
+    reused components; changed training settings are refused against a finished checkpoint (CheckpointError)."""
+    _, data, model = base_run
+    write_json(tmp_path / "clusters.json", {"hyper_classes": [{"classes": group} for group in MEMBERS]})
+    config = replace(QUICK, split="layer2", configs="LC,LP", memory_format="contiguous")
+
+    def stamps() -> dict[str, int]:
+        return {path.name: path.stat().st_mtime_ns for path in sorted((tmp_path / "components").glob("*.json"))}
+
+    first = convert(model, data, tmp_path, config, device="cpu")
+    before = stamps()
+    assert len(before) == 6  # clustifier LC, LP; heads h0 and h1 in LC, LP
+    assert first["settings"] == {**config.to_dict(), **{k: first["settings"][k] for k in SETTINGS_EXTRA}}
+    again = convert(model, data, tmp_path, replace(config, max_drop=4.0), device="cpu", resume=True)
+    assert stamps() == before
+    assert again["chosen"]["max_drop"] == 4.0 and again["configs"] == first["configs"]
+    choices = json.loads((tmp_path / "timing_choices.json").read_text())
+    assert choices["split_sweep"]["identity"]["max_drop"] == 4.0
+    for change in ({"lr": 0.1}, {"head_distill": 0.0}, {"seed": 1}):
+        with pytest.raises(CheckpointError, match="other settings"):
+            convert(model, data, tmp_path, replace(config, **change), device="cpu", resume=True)
+    convert(model, data, tmp_path, replace(config, lr=0.1), device="cpu")
+    retrained = stamps()
+    assert all(retrained[name] != before[name] for name in before)
+    convert(model, data, tmp_path, replace(config, lr=0.1), device="cpu", resume=True)
+    assert stamps() == retrained

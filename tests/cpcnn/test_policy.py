@@ -24,7 +24,9 @@ def policy_inputs(draw):
     generator = torch.Generator().manual_seed(seed)
     scale = draw(st.sampled_from([0.5, 3.0, 10.0]))
     v = torch.softmax(scale * torch.randn(batch, groups, generator=generator, dtype=torch.float64), dim=1)
-    confusion = torch.randint(0, 20, (groups, groups), generator=generator).double() + 200 * torch.eye(groups, dtype=torch.float64)
+    confusion = torch.randint(0, 20, (groups, groups), generator=generator).double() + 200 * torch.eye(
+        groups, dtype=torch.float64
+    )
     tau = draw(st.floats(0.01, 1.0))
     return v, confusion, tau
 

@@ -63,8 +63,12 @@ def write_cifar10(
         labels = rng.permutation(np.arange(count) % 10).tolist()
         data = rng.integers(0, 256, size=(count, 3072), dtype=np.uint8)
         data[:, 0] = labels
-        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": data,
-                 b"filenames": [f"img_{i}.png".encode() for i in range(count)]}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": labels,
+            b"data": data,
+            b"filenames": [f"img_{i}.png".encode() for i in range(count)],
+        }
         dump(root / name, batch, protocol)
     return root
 
@@ -81,8 +85,16 @@ def write_cifar100(parent: Path, train_count: int = 60, test_count: int = 24, se
         fine = rng.permutation(np.arange(count) % 6).tolist()
         data = rng.integers(0, 256, size=(count, 3072), dtype=np.uint8)
         data[:, 0] = fine
-        dump(root / name, {b"filenames": [b"x.png"] * count, b"batch_label": name.encode(), b"fine_labels": fine,
-                           b"coarse_labels": [coarse_of_fine[f] for f in fine], b"data": data})
+        dump(
+            root / name,
+            {
+                b"filenames": [b"x.png"] * count,
+                b"batch_label": name.encode(),
+                b"fine_labels": fine,
+                b"coarse_labels": [coarse_of_fine[f] for f in fine],
+                b"data": data,
+            },
+        )
     return root
 
 
@@ -130,8 +142,15 @@ def write_png(path: Path, size: tuple[int, int], mode: str = "RGB", value: int =
     Image.fromarray(pixels.astype(np.uint8)).save(path)
 
 
-def write_image_folder(root: Path, classes=("cat", "dog", "owl"), train_per_class: int = 6, test_per_class: int = 2,
-                       size=(12, 12), mode: str = "RGB", test_dir: str = "test") -> Path:
+def write_image_folder(
+    root: Path,
+    classes=("cat", "dog", "owl"),
+    train_per_class: int = 6,
+    test_per_class: int = 2,
+    size=(12, 12),
+    mode: str = "RGB",
+    test_dir: str = "test",
+) -> Path:
     """`root/train/<class>/*.png` and `root/<test_dir>/<class>/*.png`; returns `root`."""
     for split, count in (("train", train_per_class), (test_dir, test_per_class)):
         for label, name in enumerate(classes):

@@ -18,8 +18,11 @@ FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCh
 _rng = np.random.default_rng(0)
 IDX_IMAGES = idx_bytes(_rng.integers(0, 256, size=(3, 4, 5), dtype=np.uint8))
 IDX_LABELS = idx_bytes(np.array([0, 1, 2], np.uint8))
-CIFAR_BATCH = {b"batch_label": b"b", b"labels": [0, 1, 2],
-               b"data": _rng.integers(0, 256, size=(3, 3072), dtype=np.uint8)}
+CIFAR_BATCH = {
+    b"batch_label": b"b",
+    b"labels": [0, 1, 2],
+    b"data": _rng.integers(0, 256, size=(3, 3072), dtype=np.uint8),
+}
 SEEDS = [IDX_IMAGES, IDX_LABELS, gzip.compress(IDX_IMAGES), gzip.compress(IDX_LABELS)]
 PICKLES = [py2_pickle(CIFAR_BATCH)] + [pickle.dumps(CIFAR_BATCH, protocol=p) for p in (3, 4)]
 

@@ -46,8 +46,10 @@ def main(kernel: int, stride: int, in_channels: int, format_name: str, threads: 
                 model(inputs).backward(upstream.float().contiguous(memory_format=memory_format))
         else:
             model(inputs).backward(upstream.float().contiguous(memory_format=memory_format))
-        errors = {"weight": relative_error(conv.weight.grad, reference.weight.grad),
-                  "input": relative_error(inputs.grad, reference_input.grad)}
+        errors = {
+            "weight": relative_error(conv.weight.grad, reference.weight.grad),
+            "input": relative_error(inputs.grad, reference_input.grad),
+        }
         if max(errors.values()) > TOLERANCE:
             break
     print(json.dumps(errors))

@@ -33,10 +33,13 @@ def count_batchnorms(model: nn.Module) -> int:
     return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-@pytest.mark.parametrize("name,model,shape", [
-    ("ours, small stem", lambda: build_resnet("resnet18", 7, 1, 0.25, "small"), (1, 16, 16)),
-    ("torchvision resnet18", lambda: torchvision.models.resnet18(num_classes=7), (3, 32, 32)),
-])
+@pytest.mark.parametrize(
+    "name,model,shape",
+    [
+        ("ours, small stem", lambda: build_resnet("resnet18", 7, 1, 0.25, "small"), (1, 16, 16)),
+        ("torchvision resnet18", lambda: torchvision.models.resnet18(num_classes=7), (3, 32, 32)),
+    ],
+)
 def test_resnets_fold_every_batchnorm_and_keep_outputs_and_macs(name, model, shape) -> None:
     original = randomise_batchnorms(model())
     original.train()
@@ -82,12 +85,15 @@ class DataDependent(nn.Module):
         return self.block(x) if bool(x.mean() > -10) else x
 
 
-@pytest.mark.parametrize("module,left", [
-    (SharedConvOutput(), 1),
-    (nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 1)), 1),
-    (nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4, track_running_stats=False)), 1),
-    (DataDependent(), 0),
-])
+@pytest.mark.parametrize(
+    "module,left",
+    [
+        (SharedConvOutput(), 1),
+        (nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 1)), 1),
+        (nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4, track_running_stats=False)), 1),
+        (DataDependent(), 0),
+    ],
+)
 def test_only_a_batchnorm_fed_by_a_conv_alone_is_folded(module: nn.Module, left: int) -> None:
     original = randomise_batchnorms(module)
     folded = fold_batchnorm(original)
@@ -101,7 +107,9 @@ def test_only_a_batchnorm_fed_by_a_conv_alone_is_folded(module: nn.Module, left:
 @given(seed=st.integers(0, 10_000), groups=st.sampled_from([1, 2]), bias=st.booleans(), stride=st.sampled_from([1, 2]))
 def test_folding_any_conv_batchnorm_pair_keeps_the_output(seed: int, groups: int, bias: bool, stride: int) -> None:
     torch.manual_seed(seed)
-    block = nn.Sequential(nn.Conv2d(4, 6, 3, stride=stride, padding=1, groups=groups, bias=bias), nn.BatchNorm2d(6), nn.ReLU())
+    block = nn.Sequential(
+        nn.Conv2d(4, 6, 3, stride=stride, padding=1, groups=groups, bias=bias), nn.BatchNorm2d(6), nn.ReLU()
+    )
     original = randomise_batchnorms(block, seed)
     x = torch.randn(3, 4, 9, 9)
     with torch.no_grad():

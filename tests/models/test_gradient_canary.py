@@ -29,8 +29,9 @@ CASES = [
 def run_case(case: tuple) -> tuple[int | str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": str(case[-1])}
     try:
-        done = subprocess.run([sys.executable, str(CASE), *map(str, case)], capture_output=True, text=True,
-                              timeout=TIMEOUT_S, env=env)
+        done = subprocess.run(
+            [sys.executable, str(CASE), *map(str, case)], capture_output=True, text=True, timeout=TIMEOUT_S, env=env
+        )
     except subprocess.TimeoutExpired:
         return "timeout", f"hung for more than {TIMEOUT_S} s"
     return done.returncode, (done.stdout + done.stderr).strip()[-2000:]

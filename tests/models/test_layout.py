@@ -9,12 +9,20 @@ from hypothesis import strategies as st
 from torch import nn
 
 from dynacnn.models import build_resnet
-from dynacnn.models.layout import SAFE_BLOCK_CHANNELS, as_format, memory_format_of, safe_backward_layout, unsafe_in_channels_last
+from dynacnn.models.layout import (
+    SAFE_BLOCK_CHANNELS,
+    as_format,
+    memory_format_of,
+    safe_backward_layout,
+    unsafe_in_channels_last,
+)
 from dynacnn.train import TensorBatches, TrainConfig, fit
 
 
 @settings(max_examples=60, deadline=None)
-@given(kernel=st.integers(1, 3), stride=st.integers(1, 3), in_channels=st.integers(1, 40), groups=st.sampled_from([1, 2]))
+@given(
+    kernel=st.integers(1, 3), stride=st.integers(1, 3), in_channels=st.integers(1, 40), groups=st.sampled_from([1, 2])
+)
 def test_unsafe_is_exactly_strided_1x1_with_few_channels_per_group(kernel, stride, in_channels, groups):
     in_channels *= groups
     conv = nn.Conv2d(in_channels, 2 * groups, kernel, stride=stride, groups=groups)
@@ -29,15 +37,18 @@ def record_input_layouts(model: nn.Module) -> dict[str, list[bool]]:
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d):
             seen[name] = []
-            module.register_forward_hook(lambda m, args, out, name=name: seen[name].append(
-                args[0].is_contiguous() and out.is_contiguous()))
+            module.register_forward_hook(
+                lambda m, args, out, name=name: seen[name].append(args[0].is_contiguous() and out.is_contiguous())
+            )
     return seen
 
 
 def narrow_resnet() -> nn.Module:
     """Width 1/16: layer2's and layer3's shortcuts are strided 1x1 convolutions on 4 and 8 channels."""
     torch.manual_seed(0)
-    return build_resnet("resnet18", num_classes=3, in_channels=1, width=0.0625, stem="small").to(memory_format=torch.channels_last)
+    return build_resnet("resnet18", num_classes=3, in_channels=1, width=0.0625, stem="small").to(
+        memory_format=torch.channels_last
+    )
 
 
 def test_inside_the_block_only_the_unsafe_convolutions_see_nchw():

@@ -6,7 +6,9 @@ from dynacnn.errors import ConfigError
 from dynacnn.models import build_resnet
 
 
-@pytest.mark.parametrize("arch, factory", [("resnet18", torchvision.models.resnet18), ("resnet34", torchvision.models.resnet34)])
+@pytest.mark.parametrize(
+    "arch, factory", [("resnet18", torchvision.models.resnet18), ("resnet34", torchvision.models.resnet34)]
+)
 def test_imagenet_stem_matches_torchvision_structure(arch, factory):
     ours = build_resnet(arch, num_classes=1000, in_channels=3, width=1.0, stem="imagenet")
     reference = factory()

@@ -29,7 +29,7 @@ def tiny_data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return templates[labels] + 1.2 * torch.randn(n, 1, SIZE, SIZE, generator=generator), labels
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_model(stages: int = 3, hidden: tuple[int, ...] = (), pool: int = 1, steps: int = 25) -> MSCNN:
     """A tiny MS-CNN briefly trained on `tiny_data` (so its confidences spread over [0, 1]), in eval mode."""
     torch.manual_seed(0)

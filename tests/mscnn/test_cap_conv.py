@@ -11,14 +11,18 @@ from hypothesis import strategies as st
 
 from dynacnn.errors import ConfigError
 from dynacnn.flops import count_call_macs
+from dynacnn.models.fold import fold_batchnorm
 from dynacnn.mscnn.cache import collect
 from dynacnn.mscnn.cap_conv import (
-    execute_cap_conv, filter_importance, ignorant_filters, majority_filters, simulate_cap_conv,
+    execute_cap_conv,
+    filter_importance,
+    ignorant_filters,
+    majority_filters,
+    simulate_cap_conv,
 )
 from dynacnn.mscnn.costs import measure_costs
 from dynacnn.mscnn.execute import execute
 from dynacnn.mscnn.policies import full_policy
-from dynacnn.models.fold import fold_batchnorm
 from dynacnn.train import TensorBatches
 
 from .helpers import CLASSES, tiny_data, tiny_model
@@ -78,7 +82,10 @@ def test_sliced_execution_of_a_folded_model_matches(setup) -> None:
     folded = fold_batchnorm(model)
     assert all(isinstance(folded.bodies[s].last[1], torch.nn.Identity) for s in range(STAGES))
     x, _ = tiny_data(40, seed=5)
-    expected, executed = execute_cap_conv(model, x, importance, (2, 1), 3), execute_cap_conv(folded, x, importance, (2, 1), 3)
+    expected, executed = (
+        execute_cap_conv(model, x, importance, (2, 1), 3),
+        execute_cap_conv(folded, x, importance, (2, 1), 3),
+    )
     assert torch.equal(executed.pred, expected.pred)
     torch.testing.assert_close(executed.probs, expected.probs, atol=1e-5, rtol=1e-5)
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .helpers import tiny_config, tiny_model
 from dynacnn.errors import ConfigError
 from dynacnn.flops import count_macs, count_params
 from dynacnn.mscnn.costs import measure_costs
 from dynacnn.mscnn.model import MSCNN, MSCNNConfig, StageConfig, default_config, table2_config
+
+from .helpers import tiny_config, tiny_model
 
 TABLE2_PARAMS_M = (3.36, 4.54, 5.72, 6.90, 18.15, 20.5, 54.01)
 
@@ -17,7 +18,7 @@ TABLE2_PARAMS_M = (3.36, 4.54, 5.72, 6.90, 18.15, 20.5, 54.01)
 def test_forward_returns_every_stage() -> None:
     model = MSCNN(tiny_config(stages=5, hidden=(7,), pool=2))
     logits = model(torch.randn(3, 1, 12, 12))
-    assert [tuple(l.shape) for l in logits] == [(3, 6)] * 5
+    assert [tuple(stage_logits.shape) for stage_logits in logits] == [(3, 6)] * 5
     assert [b for b in model.band_index] == [0, 1, 2, 3, 0]
 
 
@@ -46,7 +47,9 @@ def test_config_round_trips_through_json_dict() -> None:
     assert MSCNNConfig.from_dict(config.to_dict()) == config
 
 
-@pytest.mark.parametrize("stage", [StageConfig(band="XX"), StageConfig(widths=(4,), strides=(1, 2)), StageConfig(last=0)])
+@pytest.mark.parametrize(
+    "stage", [StageConfig(band="XX"), StageConfig(widths=(4,), strides=(1, 2)), StageConfig(last=0)]
+)
 def test_bad_stage_config(stage: StageConfig) -> None:
     with pytest.raises(ConfigError):
         MSCNNConfig((stage, stage)).validate()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,10 @@ import torch
 
 from dynacnn.errors import CheckpointError, ConfigError
 from dynacnn.io import write_json
+from dynacnn.mscnn.config import MSCNNRunConfig
 from dynacnn.mscnn.model import MSCNN, MSCNNConfig, StageConfig
-from dynacnn.mscnn.pipeline import load_mscnn, load_model, run_mscnn
+from dynacnn.mscnn.pipeline import run_mscnn
+from dynacnn.mscnn.serialize import load_mscnn, read_mscnn_result
 from dynacnn.mscnn.training import train_mscnn
 from dynacnn.train import TensorBatches, TrainConfig
 
@@ -18,33 +21,53 @@ from .helpers import tiny_config, tiny_data
 
 DATA = {"num_classes": 6, "num_groups": 2, "samples_per_class": 40, "image_size": 12, "channels": 1}
 CONFIG = MSCNNConfig(tuple(StageConfig(b, (4, 6), (1, 2), 8) for b in ("LL", "LH", "HL")), 1, 6, 2)
+RUN = MSCNNRunConfig(epochs=1, quick=True, model=CONFIG)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("mscnn")
-    result = run_mscnn(out, data="synthetic", data_options=DATA, epochs=1, quick=True, device="cpu", config=CONFIG)
+    result = run_mscnn(out, RUN, data="synthetic", data_options=DATA, device="cpu")
     return out, result
 
 
 def test_writes_the_required_artifacts(run) -> None:
     out, result = run
-    assert load_mscnn(out) == result
-    for name in ("mscnn.md", "mscnn_tradeoff.png", "mscnn_rank.png", "mscnn_bits.png", "mscnn_cap_conv.png",
-                 "mscnn_timing.png", "model.safetensors", "model.json"):
+    assert read_mscnn_result(out) == result
+    assert result["settings"] == json.loads(json.dumps(RUN.to_dict()))
+    assert MSCNNRunConfig.from_dict(result["settings"]) == RUN
+    for name in (
+        "mscnn.md",
+        "mscnn_tradeoff.png",
+        "mscnn_rank.png",
+        "mscnn_bits.png",
+        "mscnn_cap_conv.png",
+        "mscnn_timing.png",
+        "model.safetensors",
+        "model.json",
+    ):
         assert (out / name).stat().st_size > 0
     assert [set(row) >= {"params", "macs", "top1"} for row in result["stages"]] == [True] * 3
     assert set(result["full"]) >= {"top1", "macs_per_image", "images_per_s"}
-    assert all(set(row) >= {"name", "settings", "top1", "macs_per_image", "params_per_image"} for row in result["policies"])
+    assert all(
+        set(row) >= {"name", "settings", "top1", "macs_per_image", "params_per_image"} for row in result["policies"]
+    )
     assert set(result["oracle"]) >= {"top1", "macs_per_image"}
     assert result["uniform_chosen"]["name"] in ("uniform-C1", "uniform-C5", "full")
     assert set(result["chosen"]) >= {"policy", "settings", "top1", "macs_per_image", "images_per_s"}
-    assert [set(row) >= {"saturation_bits", "size_mb_32", "size_mb_bits"} for row in result["bits"]["stages"]] == [True] * 3
+    assert [set(row) >= {"saturation_bits", "size_mb_32", "size_mb_bits"} for row in result["bits"]["stages"]] == [
+        True
+    ] * 3
 
 
 def test_units_and_consistency(run) -> None:
     _, result = run
-    fractions = [result["full"]["top1"], result["oracle"]["top1"], result["chosen"]["top1"], *(r["top1"] for r in result["policies"])]
+    fractions = [
+        result["full"]["top1"],
+        result["oracle"]["top1"],
+        result["chosen"]["top1"],
+        *(r["top1"] for r in result["policies"]),
+    ]
     assert all(0 <= f <= 1 for f in fractions)
     assert result["full"]["macs_per_image"] == pytest.approx(sum(s["macs"] for s in result["stages"]))
     assert result["chosen"]["macs_per_image"] <= result["full"]["macs_per_image"]
@@ -55,20 +78,21 @@ def test_units_and_consistency(run) -> None:
 
 def test_resume_reuses_the_finished_training(run) -> None:
     out, result = run
-    again = run_mscnn(out, data="synthetic", data_options=DATA, epochs=1, quick=True, device="cpu", config=CONFIG, resume=True)
+    again = run_mscnn(out, RUN, data="synthetic", data_options=DATA, device="cpu", resume=True)
     assert again["stages"] == result["stages"]
-    model = load_model(out)
+    model = load_mscnn(out)
     assert isinstance(model, MSCNN) and model.config == CONFIG
 
 
 def test_bad_arguments(tmp_path) -> None:
     with pytest.raises(ConfigError, match="max-drop"):
-        run_mscnn(tmp_path, data="synthetic", data_options=DATA, max_drop=-1)
+        run_mscnn(tmp_path / "out", MSCNNRunConfig(max_drop=-1), data="synthetic", data_options=DATA)
     with pytest.raises(ConfigError, match="stages"):
-        run_mscnn(tmp_path, data="synthetic", data_options=DATA, stages=1)
+        run_mscnn(tmp_path / "out", MSCNNRunConfig(stages=1), data="synthetic", data_options=DATA)
+    assert not (tmp_path / "out").exists()
     write_json(tmp_path / "mscnn.json", {"stages": []})
     with pytest.raises(CheckpointError, match="lacks"):
-        load_mscnn(tmp_path)
+        read_mscnn_result(tmp_path)
 
 
 def test_stagewise_training_freezes_earlier_stages(tmp_path) -> None:
@@ -76,8 +100,16 @@ def test_stagewise_training_freezes_earlier_stages(tmp_path) -> None:
     model = MSCNN(tiny_config(stages=2))
     x, y = tiny_data(24, seed=5)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    history = train_mscnn(model, TensorBatches(x, y, 12, shuffle=True), TrainConfig(epochs=1, batch_size=12, lr=0.05),
-                          mode="stagewise", run_dir=tmp_path, resume=False, device=torch.device("cpu"), identity={})
+    history = train_mscnn(
+        model,
+        TensorBatches(x, y, 12, shuffle=True),
+        TrainConfig(epochs=1, batch_size=12, lr=0.05),
+        mode="stagewise",
+        run_dir=tmp_path,
+        resume=False,
+        device=torch.device("cpu"),
+        identity={},
+    )
     assert [row["stage"] for row in history] == [1, 2]
     assert (tmp_path / "stage1" / "checkpoint.pt").exists() and (tmp_path / "stage2" / "checkpoint.pt").exists()
     after = model.state_dict()
@@ -89,8 +121,24 @@ def test_bad_training_mode(tmp_path) -> None:
     model = MSCNN(tiny_config(stages=2))
     x, y = tiny_data(12, seed=5)
     with pytest.raises(ConfigError, match="training mode"):
-        train_mscnn(model, TensorBatches(x, y, 12), TrainConfig(epochs=1), mode="greedy", run_dir=tmp_path,
-                    resume=False, device=torch.device("cpu"), identity={})
+        train_mscnn(
+            model,
+            TensorBatches(x, y, 12),
+            TrainConfig(epochs=1),
+            mode="greedy",
+            run_dir=tmp_path,
+            resume=False,
+            device=torch.device("cpu"),
+            identity={},
+        )
     with pytest.raises(ConfigError, match="loss weights"):
-        train_mscnn(model, TensorBatches(x, y, 12), TrainConfig(epochs=1), weights=(1.0,), run_dir=tmp_path,
-                    resume=False, device=torch.device("cpu"), identity={})
+        train_mscnn(
+            model,
+            TensorBatches(x, y, 12),
+            TrainConfig(epochs=1),
+            weights=(1.0,),
+            run_dir=tmp_path,
+            resume=False,
+            device=torch.device("cpu"),
+            identity={},
+        )

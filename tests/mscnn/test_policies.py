@@ -9,7 +9,15 @@ from hypothesis import strategies as st
 
 from dynacnn.errors import ConfigError
 from dynacnn.mscnn.policies import (
-    Policy, cap_fc_policy, confidence, full_policy, keep_cumulative, keep_top, masked_softmax, pthp_policy, simulate,
+    Policy,
+    cap_fc_policy,
+    confidence,
+    full_policy,
+    keep_cumulative,
+    keep_top,
+    masked_softmax,
+    pthp_policy,
+    simulate,
     tp_policy,
 )
 
@@ -63,16 +71,19 @@ def test_pthp_stops_when_few_labels_remain() -> None:
     assert torch.equal(decision.exit_stage == 0, top >= 0.5)
 
 
-@pytest.mark.parametrize("make", [
-    lambda: tp_policy((0.5, 0.5), STAGES, CLASSES),
-    lambda: cap_fc_policy((3, 3, 3, 3), STAGES, CLASSES),
-    lambda: pthp_policy((0.5,) * 3, (0.9,) * 2, STAGES, CLASSES),
-    lambda: cap_fc_policy((0, 3, 3), STAGES, CLASSES),
-    lambda: cap_fc_policy((3, CLASSES + 1, 3), STAGES, CLASSES),
-    lambda: pthp_policy((0.5,) * 3, (0.9, 1.5, 0.9), STAGES, CLASSES),
-    lambda: tp_policy((0.5,) * 3, STAGES, CLASSES, top_c=0),
-    lambda: Policy("nope", STAGES, CLASSES),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: tp_policy((0.5, 0.5), STAGES, CLASSES),
+        lambda: cap_fc_policy((3, 3, 3, 3), STAGES, CLASSES),
+        lambda: pthp_policy((0.5,) * 3, (0.9,) * 2, STAGES, CLASSES),
+        lambda: cap_fc_policy((0, 3, 3), STAGES, CLASSES),
+        lambda: cap_fc_policy((3, CLASSES + 1, 3), STAGES, CLASSES),
+        lambda: pthp_policy((0.5,) * 3, (0.9, 1.5, 0.9), STAGES, CLASSES),
+        lambda: tp_policy((0.5,) * 3, STAGES, CLASSES, top_c=0),
+        lambda: Policy("nope", STAGES, CLASSES),
+    ],
+)
 def test_bad_settings_are_config_errors(make) -> None:
     with pytest.raises(ConfigError):
         make()

@@ -2,11 +2,25 @@
 
 from dynacnn.cpcnn.clustering import HyperClassClustering
 from dynacnn.cpcnn.compress import SPLIT_POINTS, TABLE1, build_head, shared_part
+from dynacnn.cpcnn.config import CPCNNConfig
 from dynacnn.cpcnn.model import CPCNN, RoutedOutput, TrivialHead
-from dynacnn.cpcnn.pipeline import convert, load_cpcnn, run_cpcnn
+from dynacnn.cpcnn.pipeline import convert, run_cpcnn
 from dynacnn.cpcnn.policy import activate, merge
+from dynacnn.cpcnn.serialize import load_cpcnn
 
 __all__ = [
-    "CPCNN", "HyperClassClustering", "SPLIT_POINTS", "TABLE1", "RoutedOutput", "TrivialHead", "activate", "build_head", "convert", "load_cpcnn",
-    "merge", "run_cpcnn", "shared_part",
+    "CPCNN",
+    "CPCNNConfig",
+    "HyperClassClustering",
+    "SPLIT_POINTS",
+    "TABLE1",
+    "RoutedOutput",
+    "TrivialHead",
+    "activate",
+    "build_head",
+    "convert",
+    "load_cpcnn",
+    "merge",
+    "run_cpcnn",
+    "shared_part",
 ]

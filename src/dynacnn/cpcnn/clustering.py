@@ -30,7 +30,8 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -100,16 +101,22 @@ def check_calibration(probs: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, 
         raise DataError(f"probs has NaN or inf in {bad.size} rows (first: row {bad[0]}); fix or drop those images")
     bad = np.flatnonzero((probs < 0).any(axis=1))
     if bad.size:
-        raise DataError(f"probs has negative entries in {bad.size} rows (first: row {bad[0]}); "
-                        "pass softmax probabilities, not logits")
+        raise DataError(
+            f"probs has negative entries in {bad.size} rows (first: row {bad[0]}); "
+            "pass softmax probabilities, not logits"
+        )
     sums = probs.sum(axis=1)
     bad = np.flatnonzero(sums <= 0)
     if bad.size:
         raise DataError(f"probs row {bad[0]} sums to 0 ({bad.size} such rows); every image needs a probability vector")
     off = np.abs(sums - 1) > ROW_SUM_TOLERANCE
     if off.any():
-        warnings.warn(f"{off.sum()} rows of probs do not sum to 1 (first: row {np.flatnonzero(off)[0]}, sum "
-                      f"{sums[off][0]:.4g}); renormalising them", UserWarning, stacklevel=3)
+        warnings.warn(
+            f"{off.sum()} rows of probs do not sum to 1 (first: row {np.flatnonzero(off)[0]}, sum "
+            f"{sums[off][0]:.4g}); renormalising them",
+            UserWarning,
+            stacklevel=3,
+        )
     probs = probs / sums[:, None]
     labels = np.asarray(labels)
     if labels.shape != (n_images,):
@@ -118,12 +125,15 @@ def check_calibration(probs: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, 
         raise DataError(f"labels must be integer class ids, got dtype {labels.dtype}")
     bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
     if bad.size:
-        raise DataError(f"labels[{bad[0]}] = {labels[bad[0]]} is outside [0, {n_classes - 1}] "
-                        f"(K = {n_classes} columns of probs)")
+        raise DataError(
+            f"labels[{bad[0]}] = {labels[bad[0]]} is outside [0, {n_classes - 1}] (K = {n_classes} columns of probs)"
+        )
     empty = np.flatnonzero(np.bincount(labels, minlength=n_classes) == 0)
     if empty.size:
-        raise DataError(f"class {empty[0]} has no calibration images ({empty.size} empty classes); "
-                        "add images of it or drop its column from probs")
+        raise DataError(
+            f"class {empty[0]} has no calibration images ({empty.size} empty classes); "
+            "add images of it or drop its column from probs"
+        )
     return probs, labels.astype(np.int64)
 
 
@@ -142,8 +152,9 @@ def check_similarity(similarity: ArrayLike) -> np.ndarray:
         raise DataError("similarity has negative entries; pass non-negative affinities (e.g. exp(-distance))")
     if not np.allclose(s, s.T, rtol=1e-6, atol=1e-12):
         i, j = np.unravel_index(np.argmax(np.abs(s - s.T)), s.shape)
-        raise DataError(f"similarity is not symmetric (S[{i},{j}] = {s[i, j]:.4g}, S[{j},{i}] = {s[j, i]:.4g}); "
-                        "pass (S + S.T) / 2")
+        raise DataError(
+            f"similarity is not symmetric (S[{i},{j}] = {s[i, j]:.4g}, S[{j},{i}] = {s[j, i]:.4g}); pass (S + S.T) / 2"
+        )
     np.fill_diagonal(s, 0.0)
     return s
 
@@ -210,9 +221,11 @@ def smallest_connected_k(order: np.ndarray, valid: np.ndarray) -> int:
     if count > 1:
         small = np.argmin(np.bincount(component))
         members = np.flatnonzero(component == small)
-        raise DataError(f"no k makes the class graph connected: {count} parts even with all {n_classes - 1} "
-                        f"neighbours (classes {members[:5].tolist()} have no positive similarity to the rest); "
-                        "give every group of classes some similarity to the others")
+        raise DataError(
+            f"no k makes the class graph connected: {count} parts even with all {n_classes - 1} "
+            f"neighbours (classes {members[:5].tolist()} have no positive similarity to the rest); "
+            "give every group of classes some similarity to the others"
+        )
     low, high = 1, n_classes - 1
     while low < high:
         mid = (low + high) // 2
@@ -312,7 +325,9 @@ class HyperClassClustering(BaseEstimator):
             raise ConfigError(f"edge_weights={self.edge_weights!r} must be one of {EDGE_WEIGHTS}")
         _check_int("n_init", self.n_init, 1, 10_000)
 
-    def _fit_graph(self, similarity: np.ndarray | None, distances: np.ndarray | None, name: str) -> HyperClassClustering:
+    def _fit_graph(
+        self, similarity: np.ndarray | None, distances: np.ndarray | None, name: str
+    ) -> HyperClassClustering:
         """Alg. 2 steps 1-8 from either a similarity (higher = nearer) or a distance matrix."""
         n_classes = len(similarity if distances is None else distances)
         _check_int("n_clusters", self.n_clusters, 2, n_classes, "the eigengap choice")
@@ -385,12 +400,16 @@ class HyperClassClustering(BaseEstimator):
         if similarity is not None:
             full = check_similarity(similarity)
             if len(full) <= ids.max():
-                raise DataError(f"similarity is {len(full)}x{len(full)} but this estimator uses original class {ids.max()}")
+                raise DataError(
+                    f"similarity is {len(full)}x{len(full)} but this estimator uses original class {ids.max()}"
+                )
             sub.fit_similarity(full[np.ix_(ids, ids)])
         else:
             probs, labels = check_calibration(probs, labels)
             if probs.shape[1] <= ids.max():
-                raise DataError(f"probs has {probs.shape[1]} columns but this estimator uses original class {ids.max()}")
+                raise DataError(
+                    f"probs has {probs.shape[1]} columns but this estimator uses original class {ids.max()}"
+                )
             rows = np.isin(labels, ids)
             local = np.zeros(probs.shape[1], dtype=np.int64)
             local[ids] = np.arange(len(ids))
@@ -406,7 +425,9 @@ class HyperClassClustering(BaseEstimator):
         self.require_fitted()
         coarse = np.asarray(coarse_labels)
         if coarse.shape != self.labels_.shape:
-            raise DataError(f"coarse_labels must have one entry per class, shape {self.labels_.shape}, got {coarse.shape}")
+            raise DataError(
+                f"coarse_labels must have one entry per class, shape {self.labels_.shape}, got {coarse.shape}"
+            )
         return {
             "ari": float(adjusted_rand_score(coarse, self.labels_)),
             "nmi": float(normalized_mutual_info_score(coarse, self.labels_)),

@@ -34,14 +34,16 @@ from __future__ import annotations
 import copy
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from dynacnn.errors import ConfigError
 from dynacnn.flops import count_macs
+from dynacnn.models import build_resnet
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 SPLIT_POINTS = ("stem", *STAGES[:-1])
@@ -54,10 +56,18 @@ TABLE1: dict[str, tuple[Replacement, ...]] = {
     "L1": ((("layer4",), BOTTLENECK, (4, 4, 1)),),
     "L2": ((("layer3",), BOTTLENECK, (3, 3, 3)), (("layer4",), BOTTLENECK, (4, 4, 1))),
     "L22": ((("layer3", "layer4"), COMPRESSION, (3, 4, 1)),),
-    "L3": ((("layer2",), BOTTLENECK, (2, 2, 2)), (("layer3",), BOTTLENECK, (3, 3, 3)), (("layer4",), BOTTLENECK, (4, 4, 1))),
+    "L3": (
+        (("layer2",), BOTTLENECK, (2, 2, 2)),
+        (("layer3",), BOTTLENECK, (3, 3, 3)),
+        (("layer4",), BOTTLENECK, (4, 4, 1)),
+    ),
     "L33": ((("layer2",), BOTTLENECK, (2, 2, 2)), (("layer3", "layer4"), COMPRESSION, (3, 4, 1))),
-    "L4": ((("layer1",), BOTTLENECK, (1, 1, 1)), (("layer2",), BOTTLENECK, (2, 2, 2)), (("layer3",), BOTTLENECK, (3, 3, 3)),
-           (("layer4",), BOTTLENECK, (4, 4, 1))),
+    "L4": (
+        (("layer1",), BOTTLENECK, (1, 1, 1)),
+        (("layer2",), BOTTLENECK, (2, 2, 2)),
+        (("layer3",), BOTTLENECK, (3, 3, 3)),
+        (("layer4",), BOTTLENECK, (4, 4, 1)),
+    ),
     "L44": ((("layer1", "layer2"), BOTTLENECK, (2, 2, 2)), (("layer3", "layer4"), COMPRESSION, (3, 4, 1))),
 }
 """Table 1: for each configuration, its blocks as (replaced stages, kernel sizes, widths as stage indices)."""
@@ -65,7 +75,16 @@ SMALL_CONFIGS = ("LC", "LP")
 CONFIGURATIONS = (*TABLE1, *SMALL_CONFIGS)
 PAPER_ROW = {"L0": 0.0, "L1": 0.147, "L2": 0.287, "L22": 0.428, "L3": 0.605, "L33": 0.397, "L4": 0.538, "L44": 0.793}
 """Table 1's "Complexity Reduction" row for ResNet-18 (ImageNet stem, 224x224) under its printed headers."""
-PAPER_REDUCTION = {"L0": 0.0, "L1": 0.147, "L2": 0.287, "L3": 0.428, "L4": 0.605, "L22": 0.397, "L33": 0.538, "L44": 0.793}
+PAPER_REDUCTION = {
+    "L0": 0.0,
+    "L1": 0.147,
+    "L2": 0.287,
+    "L3": 0.428,
+    "L4": 0.605,
+    "L22": 0.397,
+    "L33": 0.538,
+    "L44": 0.793,
+}
 """The same row read in the order L0, L1, L2, L3, L4, L22, L33, L44: the reading our MAC counts match.
 
 Under the printed headers L3 would save more than L4, which replaces a superset of L3's stages by the
@@ -88,29 +107,35 @@ def halvings(name: str, in_shape: Sequence[int], out_shape: Sequence[int], limit
         if size == target:
             return count
         size = tuple(math.ceil(side / 2) for side in size)
-    raise ConfigError(f"{name} maps {in_shape[1]}x{in_shape[2]} to {out_shape[1]}x{out_shape[2]}; the block replacing it "
-                      f"can only halve the size {limit} time(s) (§3.1 spatial rule)")
+    raise ConfigError(
+        f"{name} maps {in_shape[1]}x{in_shape[2]} to {out_shape[1]}x{out_shape[2]}; the block replacing it "
+        f"can only halve the size {limit} time(s) (§3.1 spatial rule)"
+    )
 
 
 def check_backbone(backbone: nn.Module) -> None:
     """Refuse a module without torchvision's ResNet attribute names."""
     missing = [name for name in ("conv1", "bn1", "relu", "maxpool", *STAGES, "fc") if not hasattr(backbone, name)]
     if missing:
-        raise ConfigError(f"backbone {type(backbone).__name__} has no {', '.join(missing)}; pass a ResNet with torchvision's attribute names")
+        raise ConfigError(
+            f"backbone {type(backbone).__name__} has no {', '.join(missing)}; pass a ResNet with torchvision's attribute names"
+        )
 
 
 def check_split(split: str) -> str:
     """Refuse a split point past the end of the backbone (or an unknown one)."""
     if split not in SPLIT_POINTS:
         if split in ("layer4", "avgpool", "fc"):
-            raise ConfigError(f"split point {split!r} leaves no stage for the hyper-class heads; use one of {', '.join(SPLIT_POINTS)}")
+            raise ConfigError(
+                f"split point {split!r} leaves no stage for the hyper-class heads; use one of {', '.join(SPLIT_POINTS)}"
+            )
         raise ConfigError(f"unknown split point {split!r}; use one of {', '.join(SPLIT_POINTS)}")
     return split
 
 
 def head_stages(split: str) -> tuple[str, ...]:
     """The backbone stages after `split`: the non-shared part, rebuilt in each head."""
-    return STAGES[SPLIT_POINTS.index(check_split(split)):]
+    return STAGES[SPLIT_POINTS.index(check_split(split)) :]
 
 
 def stem(backbone: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -142,7 +167,9 @@ def stage_shapes(backbone: nn.Module, input_shape: Sequence[int]) -> dict[str, S
 def shared_part(backbone: nn.Module, split: str) -> nn.Sequential:
     """S of §3.1: frozen copies of the backbone's stem and stages up to `split`."""
     check_backbone(backbone)
-    modules = stem(backbone) + [(name, getattr(backbone, name)) for name in STAGES[: SPLIT_POINTS.index(check_split(split))]]
+    modules = stem(backbone) + [
+        (name, getattr(backbone, name)) for name in STAGES[: SPLIT_POINTS.index(check_split(split))]
+    ]
     shared = nn.Sequential()
     for name, module in modules:
         shared.add_module(name, copy.deepcopy(module))
@@ -167,7 +194,9 @@ class CompressedBlock(nn.Module):
         strides = [2 if index in threes[:halvings] else 1 for index in range(3)]
         channels = [in_channels, *widths]
         for index, (kernel, stride) in enumerate(zip(kernels, strides), start=1):
-            conv = nn.Conv2d(channels[index - 1], channels[index], kernel, stride=stride, padding=kernel // 2, bias=False)
+            conv = nn.Conv2d(
+                channels[index - 1], channels[index], kernel, stride=stride, padding=kernel // 2, bias=False
+            )
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
             setattr(self, f"conv{index}", conv)
             setattr(self, f"bn{index}", nn.BatchNorm2d(channels[index]))
@@ -260,8 +289,10 @@ def build_head(
     if name not in CONFIGURATIONS:
         raise ConfigError(f"unknown configuration {name!r}; use one of {', '.join(CONFIGURATIONS)}")
     if name not in available_configurations(split):
-        raise ConfigError(f"configuration {name} replaces stages inside S (split {split}); use one of "
-                          f"{', '.join(available_configurations(split))}")
+        raise ConfigError(
+            f"configuration {name} replaces stages inside S (split {split}); use one of "
+            f"{', '.join(available_configurations(split))}"
+        )
     if classes is not None and len(classes) != num_outputs:
         raise ConfigError(f"classes has {len(classes)} entries for a head with {num_outputs} outputs")
     body, channels = _body(backbone, split, name, stage_shapes(backbone, input_shape))
@@ -300,8 +331,14 @@ class ConfigurationCost:
     head_params: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "macs": self.macs, "params": self.params, "shared_macs": self.shared_macs,
-                "head_macs": self.head_macs, "head_params": self.head_params}
+        return {
+            "name": self.name,
+            "macs": self.macs,
+            "params": self.params,
+            "shared_macs": self.shared_macs,
+            "head_macs": self.head_macs,
+            "head_params": self.head_params,
+        }
 
 
 def configuration_costs(
@@ -321,22 +358,33 @@ def configuration_costs(
     for name in names or available_configurations(split):
         head = build_head(backbone, split, name, num_outputs, input_shape)
         head_cost = count_macs(head, features)
-        rows.append(ConfigurationCost(name, shared_cost.macs + head_cost.macs, shared_cost.params + head_cost.params,
-                                      shared_cost.macs, head_cost.macs, head_cost.params))
+        rows.append(
+            ConfigurationCost(
+                name,
+                shared_cost.macs + head_cost.macs,
+                shared_cost.params + head_cost.params,
+                shared_cost.macs,
+                head_cost.macs,
+                head_cost.params,
+            )
+        )
     return rows
 
 
 @functools.lru_cache(maxsize=4)
 def table1_reduction(num_classes: int = 100) -> tuple[dict[str, Any], ...]:
     """Table 1 reproduction: ResNet-18, ImageNet stem, 224x224, S = stem; our MAC reduction beside the paper's."""
-    from dynacnn.models import build_resnet
-
     with torch.device("meta"):  # shapes only: the flop counter needs no values
         backbone = build_resnet("resnet18", num_classes, 3, 1.0, "imagenet").eval()
         rows = configuration_costs(backbone, "stem", (3, 224, 224), num_classes, list(TABLE1))
     base = rows[0].macs
     return tuple(
-        {**row.to_dict(), "reduction": 1 - row.macs / base, "paper_reduction": PAPER_REDUCTION[row.name],
-         "paper_printed": PAPER_ROW[row.name], "blocks": describe(row.name)}
+        {
+            **row.to_dict(),
+            "reduction": 1 - row.macs / base,
+            "paper_reduction": PAPER_REDUCTION[row.name],
+            "paper_printed": PAPER_ROW[row.name],
+            "blocks": describe(row.name),
+        }
         for row in rows
     )

@@ -17,7 +17,8 @@ forward pass is already in `torch.inference_mode`.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -47,9 +48,13 @@ def check_members(members: Sequence[Sequence[int]], num_classes: int | None = No
     groups = [sorted(int(c) for c in group) for group in members]
     flat = sorted(c for group in groups for c in group)
     if len(groups) < 1 or any(not group for group in groups) or flat != list(range(len(flat))):
-        raise ConfigError("hyper-classes must be non-empty and partition the classes 0..K-1 (each class in exactly one)")
+        raise ConfigError(
+            "hyper-classes must be non-empty and partition the classes 0..K-1 (each class in exactly one)"
+        )
     if num_classes is not None and len(flat) != num_classes:
-        raise ConfigError(f"the hyper-classes cover {len(flat)} classes but the model has {num_classes}; re-cluster for this model")
+        raise ConfigError(
+            f"the hyper-classes cover {len(flat)} classes but the model has {num_classes}; re-cluster for this model"
+        )
     return groups
 
 

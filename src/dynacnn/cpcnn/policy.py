@@ -52,16 +52,22 @@ def check_policy(rule: str, weighting: str) -> None:
 def _check_inputs(v: torch.Tensor, confusion: torch.Tensor | None, needs_confusion: bool) -> None:
     """Refuse v that is not (B, G) floating point, and a confusion matrix that is not (G, G) and non-negative."""
     if not torch.is_tensor(v) or v.dim() != 2 or v.shape[1] < 1 or not v.is_floating_point():
-        raise ConfigError(f"v must be a floating (B, G) tensor of clustifier probabilities, got {getattr(v, 'shape', type(v))}")
+        raise ConfigError(
+            f"v must be a floating (B, G) tensor of clustifier probabilities, got {getattr(v, 'shape', type(v))}"
+        )
     if confusion is None:
         if needs_confusion:
             raise ConfigError("the 'confusion' rule and 'eq3' weighting need the clustifier's (G, G) confusion matrix")
         return
     groups = v.shape[1]
     if not torch.is_tensor(confusion) or tuple(confusion.shape) != (groups, groups):
-        raise ConfigError(f"confusion must be a ({groups}, {groups}) tensor to match v, got {getattr(confusion, 'shape', type(confusion))}")
+        raise ConfigError(
+            f"confusion must be a ({groups}, {groups}) tensor to match v, got {getattr(confusion, 'shape', type(confusion))}"
+        )
     if (confusion < 0).any() or not torch.isfinite(confusion).all():
-        raise ConfigError("confusion must hold finite non-negative counts (rows = true, columns = predicted hyper-class)")
+        raise ConfigError(
+            "confusion must hold finite non-negative counts (rows = true, columns = predicted hyper-class)"
+        )
 
 
 def activation_order(v: torch.Tensor, confusion: torch.Tensor | None, rule: str) -> torch.Tensor:
@@ -107,7 +113,9 @@ def activate(
     return active, weights
 
 
-def merge(weights: torch.Tensor, head_probs: list[torch.Tensor], members: list[torch.Tensor], num_classes: int) -> torch.Tensor:
+def merge(
+    weights: torch.Tensor, head_probs: list[torch.Tensor], members: list[torch.Tensor], num_classes: int
+) -> torch.Tensor:
     """Eq. 3 merge: (B, K) class probabilities = sum over heads of weight_g * head g's probabilities on its members."""
     out = weights.new_zeros(weights.shape[0], num_classes)
     for group, (probs, classes) in enumerate(zip(head_probs, members)):

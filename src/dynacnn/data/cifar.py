@@ -11,10 +11,10 @@ from its raw bytes, and only for plain numeric dtypes.
 from __future__ import annotations
 
 import io
-import re
-import warnings
 import pickle
 import pickletools
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -248,8 +248,12 @@ def load_cifar(name: str, data_dir: Path | None) -> tuple[DatasetInfo, tuple, tu
         coarse_labels = _coarse_of_fine(train_labels, batches[0][1][1], len(class_names), paths[0])
     mean, std = STATS[name]
     info = DatasetInfo(name, class_names, (3, 32, 32), mean, std, "crop_flip", 4, coarse_labels, coarse_names)
-    return info, (train_images, train_labels, np.arange(len(train_labels))), (
-        test_images,
-        test_labels,
-        np.arange(len(test_labels)),
+    return (
+        info,
+        (train_images, train_labels, np.arange(len(train_labels))),
+        (
+            test_images,
+            test_labels,
+            np.arange(len(test_labels)),
+        ),
     )

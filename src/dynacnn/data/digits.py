@@ -7,6 +7,7 @@ official test set; `indices` of every split index `sklearn.datasets.load_digits(
 from __future__ import annotations
 
 import numpy as np
+
 from dynacnn.data.splits import DatasetInfo, stratified_sample
 
 TEST_FRACTION = 0.25

@@ -42,13 +42,17 @@ def parse_idx(data: bytes, source: str, magic: int) -> np.ndarray:
     stream = gzip.GzipFile(fileobj=io.BytesIO(data)) if gzipped else io.BytesIO(data)
     found = int.from_bytes(_read(stream, 4, source), "big")
     if found != magic:
-        raise DataError(f"{source} is not an IDX file of this kind (magic {found:#010x}, expected {magic:#010x}); re-download it or point --data-dir at the right files")
+        raise DataError(
+            f"{source} is not an IDX file of this kind (magic {found:#010x}, expected {magic:#010x}); re-download it or point --data-dir at the right files"
+        )
     ndim = magic & 0xFF
     dims = tuple(int(d) for d in np.frombuffer(_read(stream, 4 * ndim, source), dtype=">u4"))
     size = int(np.prod(dims, dtype=object))
     bound = len(data) * (MAX_GZIP_RATIO if gzipped else 1)
     if size > bound:
-        raise DataError(f"{source} is truncated: its header promises {size} bytes of data {dims} but it is too short; re-download it")
+        raise DataError(
+            f"{source} is truncated: its header promises {size} bytes of data {dims} but it is too short; re-download it"
+        )
     body = _read(stream, size, source)
     if _read_rest(stream, source):
         raise DataError(f"{source} is longer than its header {dims} says; re-download it")

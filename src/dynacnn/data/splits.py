@@ -111,9 +111,7 @@ def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Sorted positions of `n` samples drawn per class in proportion to class frequency."""
     rng = np.random.default_rng(seed)
     _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    chosen = [
-        rng.permutation(np.flatnonzero(inverse == c))[:k] for c, k in enumerate(_allocate(counts, n))
-    ]
+    chosen = [rng.permutation(np.flatnonzero(inverse == c))[:k] for c, k in enumerate(_allocate(counts, n))]
     return np.sort(np.concatenate(chosen))
 
 
@@ -131,9 +129,7 @@ def is_int(value: object) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def check_split_options(
-    calib_fraction: float, seed: int, train_limit: int | None, test_limit: int | None
-) -> None:
+def check_split_options(calib_fraction: float, seed: int, train_limit: int | None, test_limit: int | None) -> None:
     """Refuse a calibration fraction outside (0, 0.5], a negative seed and limits that are not positive integers."""
     if not (isinstance(calib_fraction, (int, float)) and not isinstance(calib_fraction, bool)) or not (
         0 < calib_fraction <= 0.5

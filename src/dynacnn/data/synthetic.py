@@ -122,8 +122,12 @@ def load_synthetic(
         groups.tolist(),
         [f"group{g}" for g in range(len(group_sizes))],
     )
-    return info, (train_images, train_labels, np.arange(len(train_labels))), (
-        test_images,
-        test_labels,
-        np.arange(len(test_labels)),
+    return (
+        info,
+        (train_images, train_labels, np.arange(len(train_labels))),
+        (
+            test_images,
+            test_labels,
+            np.arange(len(test_labels)),
+        ),
     )

@@ -10,8 +10,9 @@ the speed of channels_last training is kept where it is safe. Inference is not a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -19,8 +20,25 @@ from torch import nn
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 """The layouts the project runs in, by the names the CLI and run files use."""
 
+_Layoutable = TypeVar("_Layoutable", nn.Module, torch.Tensor)
+
 SAFE_BLOCK_CHANNELS = 16
 """oneDNN's input-channel block: 8 on AVX2, 16 on AVX-512; fewer input channels per group than this is unsafe."""
+
+
+def device_format(device: torch.device | str) -> torch.memory_format:
+    """The layout models and images run in on `device`: channels_last on the CPU (oneDNN runs these small
+    convolutions about 20% faster there), contiguous elsewhere."""
+    return torch.channels_last if torch.device(device).type == "cpu" else torch.contiguous_format
+
+
+def device_layout(x: _Layoutable, device: torch.device | str) -> _Layoutable:
+    """A module (in place, as `Module.to` does) or a 4-D tensor in `device_format(device)`; unchanged off the CPU."""
+    if torch.device(device).type != "cpu":
+        return x
+    if isinstance(x, nn.Module):
+        return x.to(memory_format=torch.channels_last)
+    return as_format(x, torch.channels_last)
 
 
 def memory_format_of(module: nn.Module) -> torch.memory_format:

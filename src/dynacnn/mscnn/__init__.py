@@ -4,16 +4,43 @@ fixed point (§IV-C), design-space exploration and the `run_mscnn` pipeline."""
 
 from dynacnn.mscnn.cache import StageOutputs, collect
 from dynacnn.mscnn.cap_conv import execute_cap_conv, filter_importance, majority_filters, simulate_cap_conv
+from dynacnn.mscnn.config import MSCNNRunConfig
 from dynacnn.mscnn.costs import CostModel, measure_costs
 from dynacnn.mscnn.dwt import BANDS, HaarDWT, InverseHaarDWT
 from dynacnn.mscnn.execute import execute
 from dynacnn.mscnn.model import MSCNN, MSCNNConfig, StageConfig, default_config, table2_config
-from dynacnn.mscnn.pipeline import analyse_mscnn, load_model, load_mscnn, run_mscnn
+from dynacnn.mscnn.pipeline import analyse_mscnn, run_mscnn
 from dynacnn.mscnn.policies import Decision, Policy, cap_fc_policy, full_policy, pthp_policy, simulate, tp_policy
+from dynacnn.mscnn.serialize import load_mscnn, read_mscnn_result
 
 __all__ = [
-    "BANDS", "CostModel", "Decision", "HaarDWT", "InverseHaarDWT", "MSCNN", "MSCNNConfig", "Policy", "StageConfig",
-    "StageOutputs", "analyse_mscnn", "cap_fc_policy", "collect", "default_config", "execute", "execute_cap_conv",
-    "filter_importance", "full_policy", "load_model", "load_mscnn", "majority_filters", "measure_costs", "pthp_policy",
-    "run_mscnn", "simulate", "simulate_cap_conv", "table2_config", "tp_policy",
+    "BANDS",
+    "CostModel",
+    "Decision",
+    "HaarDWT",
+    "InverseHaarDWT",
+    "MSCNN",
+    "MSCNNConfig",
+    "MSCNNRunConfig",
+    "Policy",
+    "StageConfig",
+    "StageOutputs",
+    "analyse_mscnn",
+    "cap_fc_policy",
+    "collect",
+    "default_config",
+    "execute",
+    "execute_cap_conv",
+    "filter_importance",
+    "full_policy",
+    "load_mscnn",
+    "majority_filters",
+    "measure_costs",
+    "pthp_policy",
+    "read_mscnn_result",
+    "run_mscnn",
+    "simulate",
+    "simulate_cap_conv",
+    "table2_config",
+    "tp_policy",
 ]

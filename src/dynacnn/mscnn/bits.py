@@ -11,7 +11,9 @@ from dynacnn.mscnn.model import MSCNN
 
 
 @torch.no_grad()
-def bit_sweep(model: MSCNN, x: torch.Tensor, labels: torch.Tensor, bit_lengths: tuple[int, ...] = tuple(range(4, 17))) -> dict:
+def bit_sweep(
+    model: MSCNN, x: torch.Tensor, labels: torch.Tensor, bit_lengths: tuple[int, ...] = tuple(range(4, 17))
+) -> dict:
     """Fig. 4: each stage's top-1 with only that stage's parameters (conv stack and classifier) in fixed point."""
     for bits in bit_lengths:
         check_bits(bits)
@@ -40,8 +42,15 @@ def bit_table(model: MSCNN, sweep: dict, tolerance: float = 0.002) -> list[dict]
     for stage, (curve, reference) in enumerate(zip(sweep["top1"], sweep["float_top1"])):
         bits = saturation_bits(curve, reference, tolerance)
         params = count_params(model.bodies[stage]) + count_params(model.heads[stage])
-        rows.append({"stage": stage + 1, "saturation_bits": bits, "params": params,
-                     "size_mb_32": size_mb(params, 32), "size_mb_bits": size_mb(params, bits)})
+        rows.append(
+            {
+                "stage": stage + 1,
+                "saturation_bits": bits,
+                "params": params,
+                "size_mb_32": size_mb(params, 32),
+                "size_mb_bits": size_mb(params, bits),
+            }
+        )
     return rows
 
 
@@ -56,7 +65,9 @@ def dynamic_fc_precision(model: MSCNN, outputs: StageOutputs, stage_bits: list[i
     device = next(model.parameters()).device
     for stage, head in enumerate(model.heads):
         hidden = head.hidden(torch.cat(outputs.features[: stage + 1], 1).to(device))
-        high = hidden @ to_fixed_point(head.fc.weight, stage_bits[stage]).T + to_fixed_point(head.fc.bias, stage_bits[stage])
+        high = hidden @ to_fixed_point(head.fc.weight, stage_bits[stage]).T + to_fixed_point(
+            head.fc.bias, stage_bits[stage]
+        )
         row = head.fc.in_features + 1
         static_read += classes * row * stage_bits[stage]
         if probs is None:
@@ -69,5 +80,10 @@ def dynamic_fc_precision(model: MSCNN, outputs: StageOutputs, stage_bits: list[i
             logits = torch.where(top, high, low)
             bits_read += row * (keep * stage_bits[stage] + (classes - keep) * low_bits_here)
         probs = logits.softmax(1)
-    return {"keep": keep, "low_bits": low_bits, "top1": (probs.argmax(1).cpu() == outputs.labels).float().mean().item(),
-            "fc_kb_per_image": bits_read / 8 / 1e3, "static_fc_kb_per_image": static_read / 8 / 1e3}
+    return {
+        "keep": keep,
+        "low_bits": low_bits,
+        "top1": (probs.argmax(1).cpu() == outputs.labels).float().mean().item(),
+        "fc_kb_per_image": bits_read / 8 / 1e3,
+        "static_fc_kb_per_image": static_read / 8 / 1e3,
+    }

@@ -26,7 +26,7 @@ class StageOutputs:
         """Top-1 accuracy of every stage's classifier."""
         return (self.logits.argmax(2) == self.labels).float().mean(1).tolist()
 
-    def subset(self, index: torch.Tensor) -> "StageOutputs":
+    def subset(self, index: torch.Tensor) -> StageOutputs:
         """The outputs of the images at `index`."""
         return StageOutputs(self.logits[:, index], [f[index] for f in self.features], self.labels[index])
 
@@ -42,9 +42,7 @@ def collect(model: MSCNN, data, device: torch.device | str = "cpu") -> StageOutp
         logits.append(torch.stack([head(torch.cat(pooled[: s + 1], 1)) for s, head in enumerate(model.heads)]).cpu())
         features.append([p.cpu() for p in pooled])
         labels.append(y.cpu())
-    return StageOutputs(
-        torch.cat(logits, 1), [torch.cat(parts) for parts in zip(*features)], torch.cat(labels)
-    )
+    return StageOutputs(torch.cat(logits, 1), [torch.cat(parts) for parts in zip(*features)], torch.cat(labels))
 
 
 def head_from_features(model: MSCNN, features: list[torch.Tensor], stage: int) -> torch.Tensor:

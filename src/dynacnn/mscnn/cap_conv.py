@@ -47,10 +47,11 @@ def filter_importance(model: MSCNN, outputs: StageOutputs) -> FilterImportance:
     labels, classes = outputs.labels, model.config.num_classes
     onehot = F.one_hot(labels, classes).double()
     count = onehot.sum(0).clamp(min=1)
-    area = model.config.pool ** 2
+    area = model.config.pool**2
     per_class, overall, acc_losses = [], [], []
     for stage in range(model.num_stages):
-        def scores(features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+
+        def scores(features: list[torch.Tensor], stage: int = stage) -> tuple[torch.Tensor, torch.Tensor]:
             probs = head_from_features(model, features, stage).softmax(1).double()
             correct = (probs.argmax(1) == labels).double()
             truth = probs.gather(1, labels[:, None]).squeeze(1)
@@ -58,7 +59,10 @@ def filter_importance(model: MSCNN, outputs: StageOutputs) -> FilterImportance:
 
         base_correct, base_truth = scores(outputs.features)
         filters = outputs.features[stage].shape[1] // area
-        acc, prob = torch.zeros(filters, classes, dtype=torch.float64), torch.zeros(filters, classes, dtype=torch.float64)
+        acc, prob = (
+            torch.zeros(filters, classes, dtype=torch.float64),
+            torch.zeros(filters, classes, dtype=torch.float64),
+        )
         for f in range(filters):
             features = list(outputs.features)
             features[stage] = features[stage].clone()
@@ -99,7 +103,9 @@ def ignorant_filters(order: torch.Tensor, batch: int, rm: int) -> torch.Tensor:
     return order[:rm].sort().values.expand(batch, rm)
 
 
-def removed_filters(importance: FilterImportance, stage: int, prev_probs: torch.Tensor, p_th: int, rm: int, smart: bool) -> torch.Tensor:
+def removed_filters(
+    importance: FilterImportance, stage: int, prev_probs: torch.Tensor, p_th: int, rm: int, smart: bool
+) -> torch.Tensor:
     """Filters (B, rm) to skip in stage `stage` given the previous stage's probabilities."""
     if smart:
         return majority_filters(prev_probs, importance.per_class[stage], p_th, rm)
@@ -116,10 +122,17 @@ def _check(model: MSCNN, p_th: tuple[int, ...], rm: int) -> None:
         check_rm(rm, model.config.stages[stage].last)
 
 
-def simulate_cap_conv(model: MSCNN, outputs: StageOutputs, importance: FilterImportance, p_th: tuple[int, ...], rm: int, smart: bool = True) -> Decision:
+def simulate_cap_conv(
+    model: MSCNN,
+    outputs: StageOutputs,
+    importance: FilterImportance,
+    p_th: tuple[int, ...],
+    rm: int,
+    smart: bool = True,
+) -> Decision:
     """Alg. 3 on cached outputs: zero the removed filters' pooled maps and recompute the classifiers."""
     _check(model, p_th, rm)
-    area = model.config.pool ** 2
+    area = model.config.pool**2
     features = list(outputs.features)
     probs = head_from_features(model, features, 0).softmax(1)
     for stage in range(1, model.num_stages):
@@ -133,7 +146,9 @@ def simulate_cap_conv(model: MSCNN, outputs: StageOutputs, importance: FilterImp
     return Decision(torch.full((batch,), stages - 1), probs.argmax(1), probs, kept)
 
 
-def sliced_last_conv(last: torch.nn.Sequential, x: torch.Tensor, keep: torch.Tensor, pool: torch.nn.Module) -> torch.Tensor:
+def sliced_last_conv(
+    last: torch.nn.Sequential, x: torch.Tensor, keep: torch.Tensor, pool: torch.nn.Module
+) -> torch.Tensor:
     """Last CONV + BN + ReLU computing only each image's kept filters (weights sliced per group of images
     sharing a filter set), pooled; skipped filters give 0. The BN may be folded into the conv (`nn.Identity`).
     Returns (B, F * pool area)."""
@@ -143,9 +158,13 @@ def sliced_last_conv(last: torch.nn.Sequential, x: torch.Tensor, keep: torch.Ten
     out = None
     for g, kept in enumerate(groups):
         rows = (inverse == g).nonzero().squeeze(1)
-        y = F.conv2d(x[rows], conv.weight[kept], None if conv.bias is None else conv.bias[kept], conv.stride, conv.padding)
+        y = F.conv2d(
+            x[rows], conv.weight[kept], None if conv.bias is None else conv.bias[kept], conv.stride, conv.padding
+        )
         if isinstance(bn, torch.nn.BatchNorm2d):
-            y = F.batch_norm(y, bn.running_mean[kept], bn.running_var[kept], bn.weight[kept], bn.bias[kept], False, 0.0, bn.eps)
+            y = F.batch_norm(
+                y, bn.running_mean[kept], bn.running_var[kept], bn.weight[kept], bn.bias[kept], False, 0.0, bn.eps
+            )
         pooled = pool(torch.relu(y))
         if out is None:
             out = x.new_zeros(len(x), filters, *pooled.shape[2:])
@@ -154,7 +173,9 @@ def sliced_last_conv(last: torch.nn.Sequential, x: torch.Tensor, keep: torch.Ten
 
 
 @torch.no_grad()
-def execute_cap_conv(model: MSCNN, x: torch.Tensor, importance: FilterImportance, p_th: tuple[int, ...], rm: int, smart: bool = True) -> Decision:
+def execute_cap_conv(
+    model: MSCNN, x: torch.Tensor, importance: FilterImportance, p_th: tuple[int, ...], rm: int, smart: bool = True
+) -> Decision:
     """Alg. 3 for real: stage i+1's last CONV layer runs only the filters kept for each image (sliced weights)."""
     _check(model, p_th, rm)
     if model.training:
@@ -166,9 +187,13 @@ def execute_cap_conv(model: MSCNN, x: torch.Tensor, importance: FilterImportance
         body = model.bodies[stage]
         if rm:
             removed = removed_filters(importance, stage, probs, p_th[stage - 1], rm, smart).to(x.device)
-            drop = torch.zeros(len(x), body.last[0].out_channels, dtype=torch.bool, device=x.device).scatter_(1, removed, True)
+            drop = torch.zeros(len(x), body.last[0].out_channels, dtype=torch.bool, device=x.device).scatter_(
+                1, removed, True
+            )
             keep = (~drop).nonzero()[:, 1].view(len(x), -1)
-            pooled.append(sliced_last_conv(body.last, body.features(bands[:, model.band_index[stage]]), keep, model.pool))
+            pooled.append(
+                sliced_last_conv(body.last, body.features(bands[:, model.band_index[stage]]), keep, model.pool)
+            )
         else:
             pooled.append(model.features(bands, stage))
         probs = model.heads[stage](torch.cat(pooled, 1)).softmax(1)

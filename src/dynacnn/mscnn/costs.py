@@ -86,14 +86,16 @@ def measure_costs(model: MSCNN, input_shape: tuple[int, int, int]) -> CostModel:
         pooled.append(model.pool(maps).flatten(1))
         hidden_macs, _ = count_call_macs(head.hidden, torch.cat(pooled, 1))
         filters = body.last[0].out_channels
-        costs.append(StageCost(
-            body_macs=body_macs + last_macs + (dwt_macs if stage == 0 else 0),
-            body_params=count_params(body),
-            hidden_macs=hidden_macs,
-            hidden_params=count_params(head.hidden),
-            fc_in=head.fc.in_features,
-            filter_macs=last_macs // filters,
-            filter_params=count_params(body.last) // filters,
-            num_classes=head.fc.out_features,
-        ))
+        costs.append(
+            StageCost(
+                body_macs=body_macs + last_macs + (dwt_macs if stage == 0 else 0),
+                body_params=count_params(body),
+                hidden_macs=hidden_macs,
+                hidden_params=count_params(head.hidden),
+                fc_in=head.fc.in_features,
+                filter_macs=last_macs // filters,
+                filter_params=count_params(body.last) // filters,
+                num_classes=head.fc.out_features,
+            )
+        )
     return CostModel(tuple(costs))

@@ -33,8 +33,14 @@ class Point:
     correct: torch.Tensor | None = field(default=None, repr=False)
 
     def row(self) -> dict:
-        return {"name": self.name, "settings": self.settings, "top1": self.top1, "macs_per_image": self.macs_per_image,
-                "params_per_image": self.params_per_image, "exit_fractions": self.exits}
+        return {
+            "name": self.name,
+            "settings": self.settings,
+            "top1": self.top1,
+            "macs_per_image": self.macs_per_image,
+            "params_per_image": self.params_per_image,
+            "exit_fractions": self.exits,
+        }
 
 
 def score(decision: Decision, labels: torch.Tensor, costs: CostModel, removed: torch.Tensor | None = None) -> dict:
@@ -52,8 +58,12 @@ def score(decision: Decision, labels: torch.Tensor, costs: CostModel, removed: t
 
 def evaluate(outputs: StageOutputs, policy: Policy, costs: CostModel, name: str | None = None) -> Point:
     """Simulate `policy` on cached outputs and score it."""
-    return Point(name or policy.kind, policy.settings(), policy=policy,
-                 **score(simulate(outputs.logits, policy), outputs.labels, costs))
+    return Point(
+        name or policy.kind,
+        policy.settings(),
+        policy=policy,
+        **score(simulate(outputs.logits, policy), outputs.labels, costs),
+    )
 
 
 def tp_points(outputs: StageOutputs, costs: CostModel, d_ct: torch.Tensor, top_c: int, name: str) -> list[Point]:
@@ -76,15 +86,25 @@ def tp_points(outputs: StageOutputs, costs: CostModel, d_ct: torch.Tensor, top_c
     per_exit_macs = costs.macs(torch.where(ran, classes, 0))
     per_exit_params = costs.params(torch.where(ran, classes, 0))
     return [
-        Point(name, policy.settings(), top1[i].item(), (exits[i] @ per_exit_macs).item(),
-              (exits[i] @ per_exit_params).item(), exits[i].tolist(), policy, correct[i])
+        Point(
+            name,
+            policy.settings(),
+            top1[i].item(),
+            (exits[i] @ per_exit_macs).item(),
+            (exits[i] @ per_exit_params).item(),
+            exits[i].tolist(),
+            policy,
+            correct[i],
+        )
         for i, policy in enumerate(policies)
     ]
 
 
 def cap_fc_grid(num_stages: int, num_classes: int) -> list[Policy]:
     """Alg. 2 CAP_FC: every non-increasing P_th vector over a grid of class counts (Fig. 6)."""
-    counts = sorted({num_classes, *(max(1, num_classes >> k) for k in range(12)), *range(1, min(num_classes, 10) + 1)}, reverse=True)
+    counts = sorted(
+        {num_classes, *(max(1, num_classes >> k) for k in range(12)), *range(1, min(num_classes, 10) + 1)}, reverse=True
+    )
     vectors = itertools.combinations_with_replacement(counts, num_stages - 1)
     return [cap_fc_policy(tuple(v), num_stages, num_classes) for v in vectors]
 
@@ -93,7 +113,8 @@ def pthp_grid(bases: list[Policy], s_values: tuple[float, ...] = S_TH_GRID) -> l
     """Alg. 4 PTHP: each TP policy in `bases` combined with each uniform S_th (Fig. 8)."""
     return [
         pthp_policy(base.d_ct, (s,) * (base.num_stages - 1), base.num_stages, base.num_classes, base.top_c)
-        for base in bases for s in s_values
+        for base in bases
+        for s in s_values
     ]
 
 
@@ -127,8 +148,10 @@ def sweep(outputs: StageOutputs, costs: CostModel, num_classes: int, quick: bool
     top_cs = sorted({min(5, num_classes), 1}, reverse=True)
     families: dict[str, list[Point]] = {}
     for c in top_cs:
-        values = (TOP1_GRID if c == 1 else TOP5_GRID)
-        grid = torch.tensor(list(itertools.product(values[:: 3 if quick else 1], repeat=stages - 1)), dtype=torch.float64)
+        values = TOP1_GRID if c == 1 else TOP5_GRID
+        grid = torch.tensor(
+            list(itertools.product(values[:: 3 if quick else 1], repeat=stages - 1)), dtype=torch.float64
+        )
         families[f"TP-C{c}"] = tp_points(outputs, costs, grid, c, f"TP-C{c}")
         uniform = torch.tensor(values, dtype=torch.float64)[:, None].expand(-1, stages - 1)
         families[f"uniform-C{c}"] = tp_points(outputs, costs, uniform, c, f"uniform-C{c}")

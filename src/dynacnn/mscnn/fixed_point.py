@@ -39,7 +39,9 @@ def fraction_bits(tensor: torch.Tensor, bits: int) -> int:
 def to_fixed_point(tensor: torch.Tensor, bits: int) -> torch.Tensor:
     """`tensor` rounded to `bits`-bit symmetric fixed point with its own fraction bits (returned as float)."""
     scale = 2.0 ** -fraction_bits(tensor, bits)
-    return torch.fake_quantize_per_tensor_affine(tensor.detach().float(), scale, 0, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    return torch.fake_quantize_per_tensor_affine(
+        tensor.detach().float(), scale, 0, -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    )
 
 
 def quantize_module(module: nn.Module, bits: int) -> nn.Module:

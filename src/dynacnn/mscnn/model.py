@@ -48,7 +48,7 @@ class MSCNNConfig:
     num_classes: int = 10
     pool: int = 2
 
-    def validate(self) -> "MSCNNConfig":
+    def validate(self) -> MSCNNConfig:
         if len(self.stages) < 2:
             raise ConfigError(f"an MS-CNN needs at least 2 stages, got {len(self.stages)}")
         if self.num_classes < 2 or self.in_channels < 1 or self.pool < 1:
@@ -61,7 +61,7 @@ class MSCNNConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "MSCNNConfig":
+    def from_dict(cls, data: dict) -> MSCNNConfig:
         stages = tuple(
             StageConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()}) for s in data["stages"]
         )
@@ -122,7 +122,9 @@ class StageBody(nn.Module):
         super().__init__()
         layers: list[nn.Module] = [conv_bn(in_channels, config.widths[0], config.strides[0])]
         for previous, width, stride in zip(config.widths, config.widths[1:], config.strides[1:]):
-            layers.append(ResidualBlock(previous, width, stride) if config.residual else conv_bn(previous, width, stride))
+            layers.append(
+                ResidualBlock(previous, width, stride) if config.residual else conv_bn(previous, width, stride)
+            )
         self.features = nn.Sequential(*layers)
         self.last = conv_bn(config.widths[-1], config.last)
 

@@ -14,32 +14,29 @@ from pathlib import Path
 
 import torch
 
-from dynacnn.timing import Contender, measure
 from dynacnn.data import load_dataset
-from dynacnn.errors import CheckpointError, ConfigError
-from dynacnn.flops import MAC_NOTE, count_call_macs
-from dynacnn.io import ensure_dir, read_json, write_json
-from dynacnn.models.fold import fold_batchnorm
+from dynacnn.errors import ConfigError
+from dynacnn.flops import MAC_NOTE
+from dynacnn.io import ensure_dir, write_json
+from dynacnn.models.layout import device_layout
 from dynacnn.mscnn.bits import bit_sweep, bit_table, dynamic_fc_precision
 from dynacnn.mscnn.cache import StageOutputs, collect
-from dynacnn.mscnn.cap_conv import FilterImportance, execute_cap_conv, filter_importance, simulate_cap_conv
+from dynacnn.mscnn.cap_conv import FilterImportance, filter_importance, simulate_cap_conv
+from dynacnn.mscnn.config import DEFAULT_STAGES, MSCNNRunConfig
 from dynacnn.mscnn.costs import CostModel, measure_costs
-from dynacnn.mscnn.execute import FC_ROWS, execute
 from dynacnn.mscnn.explore import Point, choose, drop_and_error, evaluate, oracle, pareto, score, sweep
 from dynacnn.mscnn.model import MSCNN, MSCNNConfig, default_config, table2_config
-from dynacnn.mscnn.policies import simulate
 from dynacnn.mscnn.rank import misclassification_probability, pick_pruning_thresholds, prediction_rank, rank_statistics
+from dynacnn.mscnn.serialize import FORMAT_VERSION
+from dynacnn.mscnn.speed import frontier_timing, image_batches, measure_chosen
 from dynacnn.mscnn.training import equal_weights, train_mscnn
-from dynacnn.runs import load_weights, save_weights
+from dynacnn.report.mscnn_report import write_report
+from dynacnn.runs import save_weights
 from dynacnn.train import ImageBatches, TrainConfig, resolve_device
 
-FORMAT_VERSION = 1
-REQUIRED_KEYS = ("stages", "full", "policies", "oracle", "chosen", "bits")
-BATCH = 256
 MC_TARGETS = (0.01, 0.02, 0.05)
 TABLE2_PARAMS_M = (3.36, 4.54, 5.72, 6.90, 18.15, 20.5, 54.01)
 TABLE2_FLOPS_M = (59.57, 60.75, 61.93, 63.11, 74.36, 76.72, 110.22)
-TIMING_BATCHES = 10  # test batches of 256 timed for the chosen policy against the full network
 
 
 class _Clock:
@@ -55,28 +52,29 @@ class _Clock:
         self._last = now
 
 
-def _batches(split, info, device: torch.device, batch_size: int = BATCH) -> list[torch.Tensor]:
-    """Normalised image batches of a split on `device` (labels dropped)."""
-    return [x for x, _ in ImageBatches(split, info, batch_size)(None, device)]
-
-
-def _cap_conv_points(model: MSCNN, calib: StageOutputs, test: StageOutputs, costs: CostModel, quick: bool) -> tuple[list[Point], list[dict], FilterImportance]:
+def _cap_conv_points(
+    model: MSCNN, calib: StageOutputs, test: StageOutputs, costs: CostModel, quick: bool
+) -> tuple[list[Point], list[dict], FilterImportance]:
     """Alg. 3 on cached outputs: smart and ignorant filter pruning for a few rm and P_th = 2 and 5 (Fig. 7)."""
     importance = filter_importance(model, calib)
     filters = min(s.last for s in model.config.stages[1:])
     classes = model.config.num_classes
     fractions = (1 / 3,) if quick else (1 / 6, 1 / 3, 1 / 2)
     points, rows = [], []
-    settings = [(rm, (keep,) * (model.num_stages - 1))
-                for keep in sorted({min(2, classes), min(5, classes)})
-                for rm in sorted({max(1, min(filters - 1, round(filters * f))) for f in fractions})]
+    settings = [
+        (rm, (keep,) * (model.num_stages - 1))
+        for keep in sorted({min(2, classes), min(5, classes)})
+        for rm in sorted({max(1, min(filters - 1, round(filters * f))) for f in fractions})
+    ]
     for rm, p_th in settings:
         removed = torch.tensor([0] + [rm] * (model.num_stages - 1))
         row = {"rm": rm, "p_th": list(p_th)}
         for smart in (True, False):
             label = "smart" if smart else "ignorant"
             for split, outputs in (("calib", calib), ("test", test)):
-                result = score(simulate_cap_conv(model, outputs, importance, p_th, rm, smart), outputs.labels, costs, removed)
+                result = score(
+                    simulate_cap_conv(model, outputs, importance, p_th, rm, smart), outputs.labels, costs, removed
+                )
                 row[f"{label}_{split}_top1"] = result["top1"]
                 if smart and split == "calib":
                     points.append(Point("CAP_CONV", {"p_th": list(p_th), "rm": rm}, **result))
@@ -85,80 +83,15 @@ def _cap_conv_points(model: MSCNN, calib: StageOutputs, test: StageOutputs, cost
     return points, rows, importance
 
 
-def _runner(model: MSCNN, point: Point, importance: FilterImportance | None, fc_rows: str):
-    """The executing path of a chosen point: x -> Decision (`fc_rows`: see `execute`)."""
-    if point.name == "CAP_CONV":
-        p_th, rm = tuple(point.settings["p_th"]), point.settings["rm"]
-        return lambda x: execute_cap_conv(model, x, importance, p_th, rm, True)
-    return lambda x: execute(model, x, point.policy, fc_rows)
-
-
-def _measure_chosen(model: MSCNN, point: Point, importance: FilterImportance, test_split, info, test: StageOutputs,
-                    costs: CostModel, device: torch.device, repeats: int, fc_rows: str) -> tuple[dict, dict]:
-    """Execute the chosen policy once on the test split; time it against the full network, paired chunks."""
-    batches = _batches(test_split, info, device)
-    run = _runner(model, point, importance, fc_rows)
-    decisions = [run(x) for x in batches]
-    exit_stage = torch.cat([d.exit_stage for d in decisions])
-    pred = torch.cat([d.pred for d in decisions])
-    kept = torch.cat([d.kept for d in decisions], 1)
-    removed = None
-    if point.name == "CAP_CONV":
-        removed = torch.tensor([0] + [point.settings["rm"]] * (model.num_stages - 1))
-    counted, _ = count_call_macs(run, batches[0])
-    first = len(batches[0])
-    modelled = costs.macs(kept[:, :first], removed).sum().item()
-    if point.name == "CAP_CONV":
-        cached_pred = simulate_cap_conv(model, test, importance, tuple(point.settings["p_th"]), point.settings["rm"]).pred
-        cached_exit = exit_stage
-    else:
-        cached = simulate(test.logits, point.policy)
-        cached_pred, cached_exit = cached.pred, cached.exit_stage
-    chosen_macs = costs.macs(kept, removed).mean().item()
-    speed = _timing(model, {"chosen": (point, chosen_macs)}, importance, torch.cat(batches[:TIMING_BATCHES]),
-                    float(costs.full_macs), repeats, fc_rows)
-    chosen = {
-        "policy": point.name, "settings": point.settings,
-        "top1": (pred == test.labels).float().mean().item(),
-        "macs_per_image": chosen_macs,
-        "params_per_image": costs.params(kept, removed).mean().item(),
-        "images_per_s": speed["chosen"], "speedup": speed["speedup"]["chosen"],
-        "exit_fractions": (torch.bincount(exit_stage, minlength=model.num_stages).float() / len(pred)).tolist(),
-        "calib_top1": point.top1, "calib_macs_per_image": point.macs_per_image,
-        "counted_macs_first_batch": counted, "modelled_macs_first_batch": modelled,
-        "agreement_with_cached": ((cached_pred == pred) & (cached_exit == exit_stage)).float().mean().item(),
-        "fc_rows": "image" if point.name == "CAP_CONV" else fc_rows,
-    }
-    return chosen, speed
-
-
-def _timing(model: MSCNN, points: dict[str, tuple[Point, float]], importance: FilterImportance | None, images: torch.Tensor,
-            full_macs: float, repeats: int, fc_rows: str) -> dict:
-    """Images/s of the full network ("full") and of each named point's executing path, timed as `dynacnn bench`
-    does (paired chunks of two batches, BatchNorm folded for every contender); `speedup[name]` is the median
-    over chunks of full time / point time."""
-    folded = fold_batchnorm(model)
-    contenders = [Contender("full", folded, full_macs)]
-    contenders += [Contender(name, _runner(folded, point, importance, fc_rows), macs) for name, (point, macs) in points.items()]
-    rows = measure(contenders, images, batch_sizes=(BATCH,), repeats=repeats, chunk_batches=2)
-    return {row["model"]: row["images_per_s"] for row in rows} | {"speedup": {row["model"]: row["wall_speedup_median"] for row in rows}}
-
-
-def _frontier_timing(model: MSCNN, points: list[Point], batches: list[torch.Tensor], full_macs: float, fc_rows: str) -> list[dict]:
-    """Fig. 9: measured time per image of frontier policies next to the full network (calibration images)."""
-    speed = _timing(model, {f"{i}": (p, p.macs_per_image) for i, p in enumerate(points)}, None, torch.cat(batches), full_macs, 1,
-                    fc_rows)
-    return [{"name": p.name, "settings": p.settings, "top1": p.top1, "macs_per_image": p.macs_per_image,
-             "ms_per_image": 1e3 / speed[f"{i}"], "full_ms_per_image": 1e3 / speed["full"]} for i, p in enumerate(points)]
-
-
 def _table2() -> list[dict]:
     """Table II's 7-stage AlexNet widths at 224 px (built on the meta device: shapes only), beside the paper."""
     with torch.device("meta"):
         model = MSCNN(table2_config())
     costs = measure_costs(model, (3, 224, 224))
-    return [{"stage": i + 1, "params": c.params, "macs": c.macs, "paper_params": p * 1e6, "paper_flops": f * 1e6}
-            for i, (c, p, f) in enumerate(zip(costs.stages, TABLE2_PARAMS_M, TABLE2_FLOPS_M))]
+    return [
+        {"stage": i + 1, "params": c.params, "macs": c.macs, "paper_params": p * 1e6, "paper_flops": f * 1e6}
+        for i, (c, p, f) in enumerate(zip(costs.stages, TABLE2_PARAMS_M, TABLE2_FLOPS_M))
+    ]
 
 
 def _rank_report(calib: StageOutputs, classes: int) -> dict:
@@ -167,54 +100,69 @@ def _rank_report(calib: StageOutputs, classes: int) -> dict:
     mean, std = rank_statistics(ranks, calib.labels, classes)
     p_mc = misclassification_probability(ranks, calib.labels, classes)
     return {
-        "pr_mean": mean.tolist(), "pr_std": std.tolist(), "p_mc": p_mc.tolist(),
-        "max_pr_mean": mean.max(1).values.tolist(), "max_pr_mean_2std": (mean + 2 * std).max(1).values.tolist(),
+        "pr_mean": mean.tolist(),
+        "pr_std": std.tolist(),
+        "p_mc": p_mc.tolist(),
+        "max_pr_mean": mean.max(1).values.tolist(),
+        "max_pr_mean_2std": (mean + 2 * std).max(1).values.tolist(),
         "picked_l": {str(t): list(pick_pruning_thresholds(p_mc, t)) for t in MC_TARGETS},
     }
 
 
-def _memory_format(model: MSCNN, device: torch.device) -> MSCNN:
-    """channels_last on the CPU, where it makes these small convolutions about 20% faster."""
-    return model.to(memory_format=torch.channels_last) if device.type == "cpu" else model
-
-
-def _load_or_train(out: Path, splits, config: MSCNNConfig, train_config: TrainConfig, mode: str, resume: bool,
-                   device: torch.device, data_spec: dict) -> tuple[MSCNN, list[dict]]:
+def _load_or_train(
+    out: Path,
+    splits,
+    config: MSCNNConfig,
+    train_config: TrainConfig,
+    mode: str,
+    resume: bool,
+    device: torch.device,
+    data_spec: dict,
+) -> tuple[MSCNN, list[dict]]:
     """Train (resumable through fit's checkpoint under out/train) and save model.safetensors + model.json."""
-    model = _memory_format(MSCNN(config), device)
+    model = device_layout(MSCNN(config), device)
     identity = {"model": config.to_dict(), "data": data_spec, "mode": mode}
     train = ImageBatches(splits.train, splits.info, train_config.batch_size, shuffle=True, augment=train_config.augment)
     calib = ImageBatches(splits.calib, splits.info, 512)
-    history = train_mscnn(model, train, train_config, mode=mode, calib_data=calib, run_dir=out / "train",
-                          resume=resume, device=device, identity=identity)
+    history = train_mscnn(
+        model,
+        train,
+        train_config,
+        mode=mode,
+        calib_data=calib,
+        run_dir=out / "train",
+        resume=resume,
+        device=device,
+        identity=identity,
+    )
     save_weights(out / "model.safetensors", model)
-    write_json(out / "model.json", {"format_version": FORMAT_VERSION, "config": config.to_dict(), "data": data_spec,
-                                    "train": asdict(train_config), "mode": mode,
-                                    "loss_weights": list(equal_weights(model.num_stages)), "history": history})
+    write_json(
+        out / "model.json",
+        {
+            "format_version": FORMAT_VERSION,
+            "config": config.to_dict(),
+            "data": data_spec,
+            "train": asdict(train_config),
+            "mode": mode,
+            "loss_weights": list(equal_weights(model.num_stages)),
+            "history": history,
+        },
+    )
     return model.to(device).eval(), history
 
 
-def load_model(out_dir: str | Path, device: torch.device | str = "cpu") -> MSCNN:
-    """The trained MS-CNN of a finished run_mscnn output directory."""
-    meta = read_json(Path(out_dir) / "model.json")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{out_dir}/model.json has an unknown format version; re-run `dynacnn mscnn`")
-    model = load_weights(Path(out_dir) / "model.safetensors", MSCNN(MSCNNConfig.from_dict(meta["config"])))
-    return _memory_format(model.to(device), torch.device(device)).eval()
-
-
-def load_mscnn(out_dir: str | Path) -> dict:
-    """mscnn.json of a finished run, checked for the required keys."""
-    path = Path(out_dir) / "mscnn.json"
-    result = read_json(path)
-    missing = [key for key in REQUIRED_KEYS if key not in result]
-    if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}; re-run `dynacnn mscnn --out {out_dir}`")
-    return result
-
-
-def analyse_mscnn(out: Path, model: MSCNN, splits, *, max_drop: float = 0.5, quick: bool = False, seed: int = 0,
-                  device: torch.device = torch.device("cpu"), drop_z: float = 2.0, fc_rows: str = "batch") -> dict:
+def analyse_mscnn(
+    out: Path,
+    model: MSCNN,
+    splits,
+    *,
+    max_drop: float = 0.5,
+    quick: bool = False,
+    seed: int = 0,
+    device: torch.device = torch.device("cpu"),
+    drop_z: float = 2.0,
+    fc_rows: str = "batch",
+) -> dict:
     """Everything after training: caches, Table II analog, Eq. 1-3, sweeps, CAP_CONV, choice, timing, bits.
 
     Sweeps count MACs per image, as Alg. 2 prunes FC rows; the chosen point and the timings execute with
@@ -227,8 +175,15 @@ def analyse_mscnn(out: Path, model: MSCNN, splits, *, max_drop: float = 0.5, qui
     classes, n = info.num_classes, model.num_stages
     cumulative = torch.tensor([c.macs for c in costs.stages]).cumsum(0).tolist()
     stage_rows = [
-        {"stage": i + 1, "band": s.band, "params": c.params, "macs": c.macs, "cumulative_macs": cumulative[i],
-         "top1": t, "calib_top1": k}
+        {
+            "stage": i + 1,
+            "band": s.band,
+            "params": c.params,
+            "macs": c.macs,
+            "cumulative_macs": cumulative[i],
+            "top1": t,
+            "calib_top1": k,
+        }
         for i, (s, c, t, k) in enumerate(zip(config.stages, costs.stages, test.stage_top1(), calib.stage_top1()))
     ]
 
@@ -241,28 +196,50 @@ def analyse_mscnn(out: Path, model: MSCNN, splits, *, max_drop: float = 0.5, qui
     candidates = [p for points in families.values() for p in points] + conv_points
     chosen_point = choose(candidates, full_calib, max_drop, drop_z)
     calib_drop, calib_error = drop_and_error(chosen_point, full_calib)
-    uniform_point = choose([p for name in families if name.startswith("uniform") for p in families[name]] + [full_calib],
-                           full_calib, max_drop, drop_z)
+    uniform_point = choose(
+        [p for name in families if name.startswith("uniform") for p in families[name]] + [full_calib],
+        full_calib,
+        max_drop,
+        drop_z,
+    )
     uniform_tested = evaluate(test, uniform_point.policy, costs, uniform_point.name)
-    uniform_chosen = {"name": uniform_point.name, "settings": uniform_point.settings, "top1": uniform_tested.top1,
-                      "macs_per_image": uniform_tested.macs_per_image, "params_per_image": uniform_tested.params_per_image,
-                      "calib_top1": uniform_point.top1, "calib_macs_per_image": uniform_point.macs_per_image}
+    uniform_chosen = {
+        "name": uniform_point.name,
+        "settings": uniform_point.settings,
+        "top1": uniform_tested.top1,
+        "macs_per_image": uniform_tested.macs_per_image,
+        "params_per_image": uniform_tested.params_per_image,
+        "calib_top1": uniform_point.top1,
+        "calib_macs_per_image": uniform_point.macs_per_image,
+    }
     repeats = 1 if quick else 3
-    chosen, speed = _measure_chosen(model, chosen_point, importance, splits.test, info, test, costs, dev, repeats, fc_rows)
+    chosen, speed = measure_chosen(
+        model, chosen_point, importance, splits.test, info, test, costs, dev, repeats, fc_rows
+    )
     clock.lap("chosen")
 
     policy_rows = []
     for name, points in families.items():
-        for point in (points if name in ("full",) or name.startswith("uniform") else pareto(points)):
+        for point in points if name in ("full",) or name.startswith("uniform") else pareto(points):
             tested = evaluate(test, point.policy, costs, point.name)
-            policy_rows.append({**point.row(), "calib_top1": point.top1, "calib_macs_per_image": point.macs_per_image,
-                                "top1": tested.top1, "macs_per_image": tested.macs_per_image,
-                                "params_per_image": tested.params_per_image, "exit_fractions": tested.exits,
-                                "frontier": name not in ("full",) and not name.startswith("uniform")})
-    timing_points = [p for name in families if name.startswith(("TP", "PTHP", "CAP_FC")) for p in pareto(families[name])]
+            policy_rows.append(
+                {
+                    **point.row(),
+                    "calib_top1": point.top1,
+                    "calib_macs_per_image": point.macs_per_image,
+                    "top1": tested.top1,
+                    "macs_per_image": tested.macs_per_image,
+                    "params_per_image": tested.params_per_image,
+                    "exit_fractions": tested.exits,
+                    "frontier": name not in ("full",) and not name.startswith("uniform"),
+                }
+            )
+    timing_points = [
+        p for name in families if name.startswith(("TP", "PTHP", "CAP_FC")) for p in pareto(families[name])
+    ]
     timing_points = timing_points[:: max(1, len(timing_points) // (4 if quick else 12))]
-    timing_batches = _batches(splits.calib.subset(256 if quick else 1024, seed), info, dev)
-    timing = _frontier_timing(model, timing_points, timing_batches, float(costs.full_macs), fc_rows)
+    timing_batches = image_batches(splits.calib.subset(256 if quick else 1024, seed), info, dev)
+    timing = frontier_timing(model, timing_points, timing_batches, float(costs.full_macs), fc_rows)
     clock.lap("frontier_timing")
 
     sweep_bits = (4, 8, 16) if quick else tuple(range(4, 17))
@@ -271,74 +248,124 @@ def analyse_mscnn(out: Path, model: MSCNN, splits, *, max_drop: float = 0.5, qui
     bit_curves = bit_sweep(model, bits_x, bits_y, sweep_bits)
     bits_rows = bit_table(model, bit_curves)
     stage_bits = [row["saturation_bits"] for row in bits_rows]
-    dynamic = [dynamic_fc_precision(model, calib, stage_bits, keep, low)
-               for keep in sorted({1, min(3, classes), min(5, classes)}) for low in (2, 3, 4)]
+    dynamic = [
+        dynamic_fc_precision(model, calib, stage_bits, keep, low)
+        for keep in sorted({1, min(3, classes), min(5, classes)})
+        for low in (2, 3, 4)
+    ]
     clock.lap("bits")
 
     result = {
-        "format_version": FORMAT_VERSION, "mac_note": MAC_NOTE, "model": config.to_dict(),
+        "format_version": FORMAT_VERSION,
+        "mac_note": MAC_NOTE,
+        "model": config.to_dict(),
         "stages": stage_rows,
-        "full": {"top1": stage_rows[-1]["top1"], "calib_top1": full_calib.top1, "macs_per_image": float(costs.full_macs),
-                 "params_per_image": float(costs.params(torch.full((n, 1), classes)).item()), "images_per_s": speed["full"]},
+        "full": {
+            "top1": stage_rows[-1]["top1"],
+            "calib_top1": full_calib.top1,
+            "macs_per_image": float(costs.full_macs),
+            "params_per_image": float(costs.params(torch.full((n, 1), classes)).item()),
+            "images_per_s": speed["full"],
+        },
         "policies": policy_rows,
-        "all_calib": {name: [[p.macs_per_image, p.top1, p.params_per_image] for p in points] for name, points in families.items()},
+        "all_calib": {
+            name: [[p.macs_per_image, p.top1, p.params_per_image] for p in points] for name, points in families.items()
+        },
         "cap_conv": conv_rows,
         "oracle": oracle(test, costs) | {"calib": oracle(calib, costs)},
         "uniform_chosen": uniform_chosen,
-        "chosen": chosen | {"max_drop": max_drop, "drop_z": drop_z, "calib_drop": calib_drop, "calib_drop_se": calib_error,
-                            "macs_fraction": chosen["macs_per_image"] / costs.full_macs},
+        "chosen": chosen
+        | {
+            "max_drop": max_drop,
+            "drop_z": drop_z,
+            "calib_drop": calib_drop,
+            "calib_drop_se": calib_error,
+            "macs_fraction": chosen["macs_per_image"] / costs.full_macs,
+        },
         "timing": timing,
         "prediction_rank": _rank_report(calib, classes),
         "table2": [] if quick else _table2(),
-        "bits": {"split": "calib", "images": len(bits_split), "tolerance": 0.002, "stages": bits_rows,
-                 "sweep": {"float_top1": bit_curves["float_top1"],
-                           "top1": [{str(b): a for b, a in curve.items()} for curve in bit_curves["top1"]]},
-                 "dynamic": dynamic},
+        "bits": {
+            "split": "calib",
+            "images": len(bits_split),
+            "tolerance": 0.002,
+            "stages": bits_rows,
+            "sweep": {
+                "float_top1": bit_curves["float_top1"],
+                "top1": [{str(b): a for b, a in curve.items()} for curve in bit_curves["top1"]],
+            },
+            "dynamic": dynamic,
+        },
         "analysis_seconds": clock.seconds,
     }
     return result
 
 
 def run_mscnn(
-    out_dir: str | Path, *, data: str = "fashion-mnist", data_dir: str | Path | None = None, epochs: int = 8,
-    resume: bool = False, max_drop: float = 0.5, device: str = "auto", quick: bool = False, seed: int = 0,
-    stages: int | None = None, calib_fraction: float = 0.1, data_options: dict | None = None,
-    config: MSCNNConfig | None = None, training: str = "joint", batch_size: int = 128, lr: float = 0.1,
-    drop_z: float = 2.0, augment: bool = False, fc_rows: str = "batch",
+    out_dir: str | Path,
+    config: MSCNNRunConfig | None = None,
+    *,
+    data: str = "fashion-mnist",
+    data_dir: str | Path | None = None,
+    calib_fraction: float = 0.1,
+    data_options: dict | None = None,
+    device: str = "auto",
+    resume: bool = False,
 ) -> dict:
     """Train an MS-CNN, analyse it (Eq. 1-3, Alg. 1-4, §IV-C), sweep policies, choose one and measure it; returns mscnn.json.
 
-    `augment` (crop + flip) is off by default, as for the demo's base model: in 8 epochs these small networks
-    underfit Fashion-MNIST and augmentation only slows them down (full MS-CNN test top-1: 91.19% with crop + flip).
-    `fc_rows` is how the chosen policy executes pruned FC rows (`execute`); "batch" measured 4% faster than
-    "image" on the demo's MS-CNN, whose FC rows are 0.3% of its MACs.
+    `config` (default `MSCNNRunConfig()`) holds every setting of the run; it is validated before anything is
+    written and recorded in mscnn.json as "settings". `data`, `data_dir`, `calib_fraction` and `data_options`
+    (extra `load_dataset` options) name the dataset, split with `config.seed`. `resume` continues the training
+    from its last finished epoch.
     """
-    if not 0 <= max_drop <= 100:
-        raise ConfigError(f"--max-drop {max_drop} must be in [0, 100] percentage points, e.g. 0.5")
-    if fc_rows not in FC_ROWS:
-        raise ConfigError(f"--fc-rows {fc_rows!r} must be one of {', '.join(FC_ROWS)}")
-    if stages is not None and stages < 2:
-        raise ConfigError(f"--stages {stages} must be at least 2")
-    from dynacnn.report.mscnn_report import write_report
-
-    torch.manual_seed(seed)
+    config = (config or MSCNNRunConfig()).validate()
+    torch.manual_seed(config.seed)
     out = ensure_dir(out_dir)
     dev = resolve_device(device)
-    splits = load_dataset(data, data_dir, calib_fraction=calib_fraction, seed=seed, **(data_options or {}))
+    splits = load_dataset(data, data_dir, calib_fraction=calib_fraction, seed=config.seed, **(data_options or {}))
     info = splits.info
-    config = config or default_config(stages or 4, info.input_shape[0], info.num_classes)
-    if (config.in_channels, config.num_classes) != (info.input_shape[0], info.num_classes):
-        raise ConfigError(f"model config expects {config.in_channels} channels / {config.num_classes} classes but {data} has "
-                          f"{info.input_shape[0]} / {info.num_classes}")
-    data_spec = {"name": data, "data_dir": None if data_dir is None else str(data_dir), "calib_fraction": calib_fraction,
-                 "seed": seed, "options": data_options or {}}
-    train_config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, augment=augment)
-    model, history = _load_or_train(out, splits, config, train_config, training, resume, dev, data_spec)
+    model_config = config.model or default_config(
+        config.stages or DEFAULT_STAGES, info.input_shape[0], info.num_classes
+    )
+    if (model_config.in_channels, model_config.num_classes) != (info.input_shape[0], info.num_classes):
+        raise ConfigError(
+            f"model config expects {model_config.in_channels} channels / {model_config.num_classes} classes but "
+            f"{data} has {info.input_shape[0]} / {info.num_classes}"
+        )
+    data_spec = {
+        "name": data,
+        "data_dir": None if data_dir is None else str(data_dir),
+        "calib_fraction": calib_fraction,
+        "seed": config.seed,
+        "options": data_options or {},
+    }
+    train_config = TrainConfig(
+        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed, augment=config.augment
+    )
+    model, history = _load_or_train(out, splits, model_config, train_config, config.mode, resume, dev, data_spec)
 
-    result = analyse_mscnn(out, model, splits, max_drop=max_drop, quick=quick, seed=seed, device=dev, drop_z=drop_z,
-                           fc_rows=fc_rows)
-    result.update(data=data_spec, training={"mode": training, "loss_weights": list(equal_weights(model.num_stages)),
-                                            "config": asdict(train_config), "history": history})
+    result = analyse_mscnn(
+        out,
+        model,
+        splits,
+        max_drop=config.max_drop,
+        quick=config.quick,
+        seed=config.seed,
+        device=dev,
+        drop_z=config.drop_z,
+        fc_rows=config.fc_rows,
+    )
+    result.update(
+        data=data_spec,
+        settings=config.to_dict(),
+        training={
+            "mode": config.mode,
+            "loss_weights": list(equal_weights(model.num_stages)),
+            "config": asdict(train_config),
+            "history": history,
+        },
+    )
     result = json.loads(json.dumps(result))
     write_json(out / "mscnn.json", result)
     write_report(out, result)

@@ -68,7 +68,9 @@ class Policy:
             out.update(s_th=list(self.s_th), stop_size=self.stop_size)
         return out
 
-    def step(self, stage: int, logits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def step(
+        self, stage: int, logits: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One stage's rule: (probabilities, exit now (B,), class mask for the next stage)."""
         probs = masked_softmax(logits, mask)
         if stage == self.num_stages - 1:
@@ -100,12 +102,22 @@ def cap_fc_policy(p_th: tuple[int, ...], num_stages: int, num_classes: int) -> P
 
 
 def pthp_policy(
-    d_ct: tuple[float, ...], s_th: tuple[float, ...], num_stages: int, num_classes: int, top_c: int = 5, stop_size: int | None = None
+    d_ct: tuple[float, ...],
+    s_th: tuple[float, ...],
+    num_stages: int,
+    num_classes: int,
+    top_c: int = 5,
+    stop_size: int | None = None,
 ) -> Policy:
     """Alg. 4 PTHP: TP exits plus S_th label selection; <= stop_size (default C) selected labels terminates."""
     return Policy(
-        "PTHP", num_stages, num_classes, d_ct=tuple(float(v) for v in d_ct), top_c=top_c,
-        s_th=tuple(float(v) for v in s_th), stop_size=top_c if stop_size is None else stop_size,
+        "PTHP",
+        num_stages,
+        num_classes,
+        d_ct=tuple(float(v) for v in d_ct),
+        top_c=top_c,
+        s_th=tuple(float(v) for v in s_th),
+        stop_size=top_c if stop_size is None else stop_size,
     )
 
 
@@ -150,8 +162,10 @@ def simulate(logits: torch.Tensor, policy: Policy) -> Decision:
     """Apply `policy` to cached logits (S, B, K) of every stage for every image."""
     stages, batch, classes = logits.shape
     if (stages, classes) != (policy.num_stages, policy.num_classes):
-        raise ConfigError(f"cached logits have {stages} stages x {classes} classes but the policy expects "
-                          f"{policy.num_stages} x {policy.num_classes}")
+        raise ConfigError(
+            f"cached logits have {stages} stages x {classes} classes but the policy expects "
+            f"{policy.num_stages} x {policy.num_classes}"
+        )
     mask = torch.ones(batch, classes, dtype=torch.bool)
     active = torch.ones(batch, dtype=torch.bool)
     exit_stage = torch.full((batch,), stages - 1, dtype=torch.long)

@@ -30,8 +30,10 @@ def equal_weights(num_stages: int) -> tuple[float, ...]:
 
 def joint_loss(weights: tuple[float, ...]):
     """Weighted sum of the stages' cross-entropies, for `fit(loss_fn=...)`."""
+
     def loss(outputs: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
         return sum(w * F.cross_entropy(out, labels) for w, out in zip(weights, outputs))
+
     return loss
 
 
@@ -45,7 +47,7 @@ class SingleStage(nn.Module):
             for param in [*body.parameters(), *head.parameters()]:
                 param.requires_grad_(index == stage)
 
-    def train(self, mode: bool = True) -> "SingleStage":
+    def train(self, mode: bool = True) -> SingleStage:
         super().train(mode)
         self.model.eval()
         self.model.bodies[self.stage].train(mode)
@@ -61,24 +63,54 @@ class SingleStage(nn.Module):
 
 
 def train_mscnn(
-    model: MSCNN, train_data: Batches, config: TrainConfig, *, mode: str = "joint", weights: tuple[float, ...] | None = None,
-    calib_data: Batches | None = None, run_dir: str | Path, resume: bool, device: torch.device, identity: dict[str, Any],
+    model: MSCNN,
+    train_data: Batches,
+    config: TrainConfig,
+    *,
+    mode: str = "joint",
+    weights: tuple[float, ...] | None = None,
+    calib_data: Batches | None = None,
+    run_dir: str | Path,
+    resume: bool,
+    device: torch.device,
+    identity: dict[str, Any],
 ) -> list[dict]:
     """Train in place (resumable through fit's checkpoints); returns the per-epoch history."""
     if mode not in TRAINING_MODES:
         raise ConfigError(f"unknown training mode {mode!r}; use one of {', '.join(TRAINING_MODES)}")
     weights = weights or equal_weights(model.num_stages)
     if len(weights) != model.num_stages or min(weights) < 0 or sum(weights) <= 0:
-        raise ConfigError(f"loss weights need {model.num_stages} non-negative values with a positive sum, got {list(weights)}")
+        raise ConfigError(
+            f"loss weights need {model.num_stages} non-negative values with a positive sum, got {list(weights)}"
+        )
     if mode == "joint":
-        result = fit(model, train_data, config, calib_data=calib_data, run_dir=run_dir, resume=resume, device=device,
-                     loss_fn=joint_loss(weights), identity={**identity, "loss_weights": list(weights)}, desc="mscnn")
+        result = fit(
+            model,
+            train_data,
+            config,
+            calib_data=calib_data,
+            run_dir=run_dir,
+            resume=resume,
+            device=device,
+            loss_fn=joint_loss(weights),
+            identity={**identity, "loss_weights": list(weights)},
+            desc="mscnn",
+        )
         return result.history
     history = []
     for stage in range(model.num_stages):
         wrapper = SingleStage(model, stage)
-        result = fit(wrapper, train_data, config, calib_data=calib_data, run_dir=Path(run_dir) / f"stage{stage + 1}",
-                     resume=resume, device=device, identity={**identity, "stage": stage}, desc=f"mscnn stage {stage + 1}")
+        result = fit(
+            wrapper,
+            train_data,
+            config,
+            calib_data=calib_data,
+            run_dir=Path(run_dir) / f"stage{stage + 1}",
+            resume=resume,
+            device=device,
+            identity={**identity, "stage": stage},
+            desc=f"mscnn stage {stage + 1}",
+        )
         history += [{"stage": stage + 1, **row} for row in result.history]
     for param in model.parameters():
         param.requires_grad_(True)

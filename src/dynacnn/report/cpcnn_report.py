@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dynacnn.flops import format_count
-from dynacnn.io import atomic_write, ensure_dir, write_text
+from dynacnn.io import ensure_dir, write_text
+from dynacnn.report.render import pct, save_figure, table
 
 TABLE1_GAP = (
     "Table 1's reduction row, printed under the headers L0, L1, L2, L22, L3, L33, L4, L44, only matches a count "
@@ -23,35 +24,42 @@ TABLE1_GAP = (
 )
 
 
-def _pct(value: float) -> str:
-    return f"{100 * value:.2f}%"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: Sequence[str] | None = None) -> str:
-    """A markdown table; `align` entries are '---' or '---:'."""
-    align = align or ["---"] + ["---:"] * (len(header) - 1)
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def table1_reproduction_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """Table 1 (bottom) reproduced: ResNet-18, ImageNet stem, 224x224, our MAC reduction beside the paper's."""
-    body = _table(
-        ["config", "blocks replaced (Table 1)", "MACs", "params", "our reduction", "paper (reordered)", "paper (as printed)"],
-        [[r["name"], r["blocks"], format_count(r["macs"]), format_count(r["params"]), _pct(r["reduction"]),
-          _pct(r["paper_reduction"]), _pct(r["paper_printed"])] for r in rows],
+    body = table(
+        [
+            "config",
+            "blocks replaced (Table 1)",
+            "MACs",
+            "params",
+            "our reduction",
+            "paper (reordered)",
+            "paper (as printed)",
+        ],
+        [
+            [
+                r["name"],
+                r["blocks"],
+                format_count(r["macs"]),
+                format_count(r["params"]),
+                pct(r["reduction"]),
+                pct(r["paper_reduction"]),
+                pct(r["paper_printed"]),
+            ]
+            for r in rows
+        ],
         ["---", "---", "---:", "---:", "---:", "---:", "---:"],
     )
-    return ("### Table 1 reproduction: ResNet-18, ImageNet stem, 224x224, S = stem, 100 classes\n\n" + body + "\n" + TABLE1_GAP + "\n")
+    return (
+        "### Table 1 reproduction: ResNet-18, ImageNet stem, 224x224, S = stem, 100 classes\n\n"
+        + body
+        + "\n"
+        + TABLE1_GAP
+        + "\n"
+    )
 
 
-def _save(fig: Figure, path: Path) -> None:
-    FigureCanvasAgg(fig)
-    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=120, bbox_inches="tight"))
-
-
-def plot_fig4(result: dict[str, Any], out: Path) -> list[str]:
+def plot_fig4(out: Path, result: dict[str, Any]) -> list[str]:
     """Fig. 4: top-1 and MACs against tau (test), and the MAC breakdown per hyper-class."""
     rows, base = result["sweep"], result["base"]
     taus = [row["tau"] for row in rows]
@@ -69,7 +77,7 @@ def plot_fig4(result: dict[str, Any], out: Path) -> list[str]:
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     fig.legend(handles, [h.get_label() for h in handles], loc="lower right", fontsize=7)
     ax.set_title(f"{result['policy']['rule']} rule, {result['policy']['weighting']} weighting, split {result['split']}")
-    _save(fig, out / "fig4_accuracy_macs.png")
+    save_figure(fig, out / "fig4_accuracy_macs.png")
 
     fig = Figure(figsize=(6.5, 4))
     ax = fig.add_subplot()
@@ -85,40 +93,55 @@ def plot_fig4(result: dict[str, Any], out: Path) -> list[str]:
     ax.set_xlabel("tau")
     ax.set_ylabel("MACs per image (M), test")
     ax.legend(fontsize=6, loc="upper left")
-    _save(fig, out / "fig4_mac_breakdown.png")
+    save_figure(fig, out / "fig4_mac_breakdown.png")
     return ["fig4_accuracy_macs.png", "fig4_mac_breakdown.png"]
 
 
-def plot_policies(result: dict[str, Any], out: Path) -> str:
+def plot_policies(out: Path, result: dict[str, Any]) -> str:
     """Calibration top-1 against MACs for each activation rule and weighting, over tau."""
     fig = Figure(figsize=(6.5, 4))
     ax = fig.add_subplot()
     combos = sorted({(r["rule"], r["weighting"]) for r in result["policy_comparison"]})
     for rule, weighting in combos:
-        rows = [r for r in result["policy_comparison"] if r["split"] == "calib" and (r["rule"], r["weighting"]) == (rule, weighting)]
-        ax.plot([r["macs_per_image"] / 1e6 for r in rows], [100 * r["top1"] for r in rows], "o-", ms=3, label=f"{rule} / {weighting}")
+        rows = [
+            r
+            for r in result["policy_comparison"]
+            if r["split"] == "calib" and (r["rule"], r["weighting"]) == (rule, weighting)
+        ]
+        ax.plot(
+            [r["macs_per_image"] / 1e6 for r in rows],
+            [100 * r["top1"] for r in rows],
+            "o-",
+            ms=3,
+            label=f"{rule} / {weighting}",
+        )
     ax.axhline(100 * result["base"]["calib_top1"], color="k", ls="--", lw=1, label="base")
     ax.set_xlabel("MACs per image (M)")
     ax.set_ylabel("calibration top-1 (%)")
     ax.legend(fontsize=7)
     ax.set_title("activation rule / weighting, tau from 0.3 to 1")
-    _save(fig, out / "policies.png")
+    save_figure(fig, out / "policies.png")
     return "policies.png"
 
 
-def plot_split_sweep(result: dict[str, Any], out: Path) -> str:
+def plot_split_sweep(out: Path, result: dict[str, Any]) -> str:
     """The shared-layer sweep: calibration top-1 against MACs, annotated with the measured speed-up."""
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     for row in result["split_sweep"]:
         ax.plot(row["macs_per_image"] / 1e6, 100 * row["calib_top1"], "o", color="C0")
-        ax.annotate(f"{row['split']} (tau {row['tau']:g}, {row['speedup']:.2f}x)", (row["macs_per_image"] / 1e6, 100 * row["calib_top1"]),
-                    fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.annotate(
+            f"{row['split']} (tau {row['tau']:g}, {row['speedup']:.2f}x)",
+            (row["macs_per_image"] / 1e6, 100 * row["calib_top1"]),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
     ax.axhline(100 * result["base"]["calib_top1"], color="k", ls="--", lw=1, label="base")
     ax.set_xlabel("MACs per image (M), uncompressed heads")
     ax.set_ylabel("calibration top-1 (%)")
     ax.legend(fontsize=7)
-    _save(fig, out / "split_sweep.png")
+    save_figure(fig, out / "split_sweep.png")
     return "split_sweep.png"
 
 
@@ -127,85 +150,182 @@ def report_markdown(result: dict[str, Any], plots: Sequence[str]) -> str:
     base, chosen = result["base"], result["chosen"]
     groups = len(result["clusters"])
     parts = [f"# CP-CNN on {result['dataset']}\n"]
-    parts.append(_table(
-        ["model", "test top-1", "MACs / image", "images/s (batch 256)"],
-        [["base", _pct(base["top1"]), format_count(base["macs_per_image"]), f"{chosen['base_images_per_s']:.0f}"],
-         [f"CP-CNN (split {result['split']}, tau {chosen['tau']:g})", _pct(chosen["top1"]), format_count(chosen["macs_per_image"]),
-          f"{chosen['images_per_s']:.0f}"]],
-    ))
     parts.append(
-        f"\nTop-1 change {100 * chosen['top1_change']:+.2f} points, MAC saving {_pct(chosen['mac_saving'])}, measured speed-up "
+        table(
+            ["model", "test top-1", "MACs / image", "images/s (batch 256)"],
+            [
+                ["base", pct(base["top1"]), format_count(base["macs_per_image"]), f"{chosen['base_images_per_s']:.0f}"],
+                [
+                    f"CP-CNN (split {result['split']}, tau {chosen['tau']:g})",
+                    pct(chosen["top1"]),
+                    format_count(chosen["macs_per_image"]),
+                    f"{chosen['images_per_s']:.0f}",
+                ],
+            ],
+        )
+    )
+    parts.append(
+        f"\nTop-1 change {100 * chosen['top1_change']:+.2f} points, MAC saving {pct(chosen['mac_saving'])}, measured speed-up "
         f"{chosen['speedup']:.2f}x (median over paired chunks of timing images, same process). Policy: {chosen['rule']} rule, "
         f"{chosen['weighting']} weighting; tau chosen on the calibration split"
-        + (f" as the cheapest within {chosen['max_drop']} points of the base model, counting the calibration drop plus"
-           f" {chosen.get('drop_z', 0)} standard errors of the paired per-image difference (met: {chosen['meets_max_drop']})." if chosen["max_drop"] is not None else " (given).")
+        + (
+            f" as the cheapest within {chosen['max_drop']} points of the base model, counting the calibration drop plus"
+            f" {chosen.get('drop_z', 0)} standard errors of the paired per-image difference (met: {chosen['meets_max_drop']})."
+            if chosen["max_drop"] is not None
+            else " (given)."
+        )
         + "\n"
     )
-    parts.append("\n## Hyper-classes\n\n" + _table(
-        ["hyper-class", "classes", "head", "head MACs"],
-        [[f"H{g}", ", ".join(names), result["configs"]["heads"][g], format_count(result["costs"]["heads"][g])]
-         for g, names in enumerate(result["clusters"])],
-        ["---", "---", "---", "---:"],
-    ))
-    parts.append(f"\nShared part S: {format_count(result['costs']['shared'])} MACs; clustifier M ({result['configs']['clustifier']}): "
-                 f"{format_count(result['costs']['clustifier'])} MACs. The base model puts "
-                 f"{100 * result['base_cross_hyperclass_calib']:.1f}% of the calibration images in a class of another "
-                 "hyper-class than the true one: routing errors the clustifier has to avoid with features from S alone.\n")
-    parts.append("\n## Shared-layer sweep (calibration split)\n\n" + _table(
-        ["split", "S MACs", "M", "M top-1 (hyper-class)", "tau", "top-1 (L0 heads)", "MACs (L0 heads)", "speed-up (L0 heads)",
-         "most compressed heads", "MACs", "speed-up"],
-        [[r["split"], format_count(r["shared_macs"]), r["clustifier"], _pct(r["clustifier_calib_top1"]), f"{r['tau']:g}",
-          _pct(r["calib_top1"]), format_count(r["macs_per_image"]), f"{r['speedup']:.2f}x", r["compressed_config"],
-          format_count(r["compressed_macs_per_image"]), f"{r['compressed_speedup']:.2f}x"] for r in result["split_sweep"]],
-    ) + "\nL0 heads are the backbone's own later stages restricted to each hyper-class (their accuracy needs no training); "
+    parts.append(
+        "\n## Hyper-classes\n\n"
+        + table(
+            ["hyper-class", "classes", "head", "head MACs"],
+            [
+                [f"H{g}", ", ".join(names), result["configs"]["heads"][g], format_count(result["costs"]["heads"][g])]
+                for g, names in enumerate(result["clusters"])
+            ],
+            ["---", "---", "---", "---:"],
+        )
+    )
+    parts.append(
+        f"\nShared part S: {format_count(result['costs']['shared'])} MACs; clustifier M ({result['configs']['clustifier']}): "
+        f"{format_count(result['costs']['clustifier'])} MACs. The base model puts "
+        f"{100 * result['base_cross_hyperclass_calib']:.1f}% of the calibration images in a class of another "
+        "hyper-class than the true one: routing errors the clustifier has to avoid with features from S alone.\n"
+    )
+    parts.append(
+        "\n## Shared-layer sweep (calibration split)\n\n"
+        + table(
+            [
+                "split",
+                "S MACs",
+                "M",
+                "M top-1 (hyper-class)",
+                "tau",
+                "top-1 (L0 heads)",
+                "MACs (L0 heads)",
+                "speed-up (L0 heads)",
+                "most compressed heads",
+                "MACs",
+                "speed-up",
+            ],
+            [
+                [
+                    r["split"],
+                    format_count(r["shared_macs"]),
+                    r["clustifier"],
+                    pct(r["clustifier_calib_top1"]),
+                    f"{r['tau']:g}",
+                    pct(r["calib_top1"]),
+                    format_count(r["macs_per_image"]),
+                    f"{r['speedup']:.2f}x",
+                    r["compressed_config"],
+                    format_count(r["compressed_macs_per_image"]),
+                    f"{r['compressed_speedup']:.2f}x",
+                ]
+                for r in result["split_sweep"]
+            ],
+        )
+        + "\nL0 heads are the backbone's own later stages restricted to each hyper-class (their accuracy needs no training); "
         "speed-ups are measured against the base model in the same process, with the same routing for both head choices. "
         f"The chosen split ({result['split']}) is the fastest with the most compressed heads among the splits whose "
-        "calibration top-1 with L0 heads is within max_drop of the base model.\n")
+        "calibration top-1 with L0 heads is within max_drop of the base model.\n"
+    )
     names = list(dict.fromkeys(name for records in result["table1"].values() for name in records))
     rows = []
     for component, records in result["table1"].items():
-        chosen_name = result["configs"]["clustifier"] if component == "clustifier" else result["configs"]["heads"][int(component[1:])]
-        rows.append([component] + [
-            (f"**{records[n]['calib_top1']:.3f}\\***" if n == chosen_name else f"{records[n]['calib_top1']:.3f}") if n in records else ""
-            for n in names])
+        chosen_name = (
+            result["configs"]["clustifier"]
+            if component == "clustifier"
+            else result["configs"]["heads"][int(component[1:])]
+        )
+        rows.append(
+            [component]
+            + [
+                (f"**{records[n]['calib_top1']:.3f}\\***" if n == chosen_name else f"{records[n]['calib_top1']:.3f}")
+                if n in records
+                else ""
+                for n in names
+            ]
+        )
         rows.append([f"{component} MACs"] + [format_count(records[n]["macs"]) if n in records else "" for n in names])
-    parts.append("\n## Table 1 analog: calibration top-1 per configuration (within each hyper-class), * = selected\n\n"
-                 + _table(["component", *names], rows))
-    parts.append("\nHead selection: per hyper-class, the cheapest configuration within the tolerance of its best; the "
-                 "tolerance is the largest tried whose CP-CNN keeps calibration top-1 within max_drop of the base model.\n\n"
-                 + _table(["tolerance (points)", "heads", "tau", "calib top-1", "MACs / image", "meets max_drop"],
-                          [[f"{r['tolerance_points']:g}", ", ".join(r["heads"]), f"{r['tau']:g}", _pct(r["calib_top1"]),
-                            format_count(r["calib_macs_per_image"]), r["meets_max_drop"]] for r in result["tolerance_search"]]))
+    parts.append(
+        "\n## Table 1 analog: calibration top-1 per configuration (within each hyper-class), * = selected\n\n"
+        + table(["component", *names], rows)
+    )
+    parts.append(
+        "\nHead selection: per hyper-class, the cheapest configuration within the tolerance of its best; the "
+        "tolerance is the largest tried whose CP-CNN keeps calibration top-1 within max_drop of the base model.\n\n"
+        + table(
+            ["tolerance (points)", "heads", "tau", "calib top-1", "MACs / image", "meets max_drop"],
+            [
+                [
+                    f"{r['tolerance_points']:g}",
+                    ", ".join(r["heads"]),
+                    f"{r['tau']:g}",
+                    pct(r["calib_top1"]),
+                    format_count(r["calib_macs_per_image"]),
+                    r["meets_max_drop"],
+                ]
+                for r in result["tolerance_search"]
+            ],
+        )
+    )
     hist_header = [f"#{i + 1}" for i in range(groups)]
-    rows = [[f"{r['tau']:g}", *r["activated_hist"], _pct(r["top1"]), f"{100 * (r['top1'] - base['top1']):+.2f}",
-             format_count(r["macs_per_image"]), _pct(1 - r["macs_per_image"] / base["macs_per_image"])] for r in result["sweep"]]
+    rows = [
+        [
+            f"{r['tau']:g}",
+            *r["activated_hist"],
+            pct(r["top1"]),
+            f"{100 * (r['top1'] - base['top1']):+.2f}",
+            format_count(r["macs_per_image"]),
+            pct(1 - r["macs_per_image"] / base["macs_per_image"]),
+        ]
+        for r in result["sweep"]
+    ]
     for label, r in (("CC-ideal", result["cc_ideal"]), ("oracle", result["oracle"])):
-        rows.append([label, *r["activated_hist"], _pct(r["top1"]), f"{100 * (r['top1'] - base['top1']):+.2f}",
-                     format_count(r["macs_per_image"]), _pct(1 - r["macs_per_image"] / base["macs_per_image"])])
-    parts.append("\n## Table 2: activated hyper-classes per test image, accuracy gain and MAC saving against the base model\n\n"
-                 + _table(["tau", *hist_header, "top-1", "gain (points)", "MACs / image", "MAC saving"], rows)
-                 + "\nCC-ideal: only the clustifier's argmax head runs; oracle: only the true hyper-class's head runs "
-                   "(the bound no activation policy can beat).\n")
+        rows.append(
+            [
+                label,
+                *r["activated_hist"],
+                pct(r["top1"]),
+                f"{100 * (r['top1'] - base['top1']):+.2f}",
+                format_count(r["macs_per_image"]),
+                pct(1 - r["macs_per_image"] / base["macs_per_image"]),
+            ]
+        )
+    parts.append(
+        "\n## Table 2: activated hyper-classes per test image, accuracy gain and MAC saving against the base model\n\n"
+        + table(["tau", *hist_header, "top-1", "gain (points)", "MACs / image", "MAC saving"], rows)
+        + "\nCC-ideal: only the clustifier's argmax head runs; oracle: only the true hyper-class's head runs "
+        "(the bound no activation policy can beat).\n"
+    )
     taus = sorted({r["tau"] for r in result["policy_comparison"]})
     for part in ("calib", "test"):
         rows = []
         for rule in sorted({r["rule"] for r in result["policy_comparison"]}):
             for weighting in sorted({r["weighting"] for r in result["policy_comparison"]}):
-                cells = {r["tau"]: r for r in result["policy_comparison"] if (r["split"], r["rule"], r["weighting"]) == (part, rule, weighting)}
+                cells = {
+                    r["tau"]: r
+                    for r in result["policy_comparison"]
+                    if (r["split"], r["rule"], r["weighting"]) == (part, rule, weighting)
+                }
                 rows.append([f"{rule} / {weighting}", *[f"{100 * cells[t]['top1']:.2f}" for t in taus]])
             cells = {r["tau"]: r for r in result["policy_comparison"] if (r["split"], r["rule"]) == (part, rule)}
             rows.append([f"{rule}: MACs", *[format_count(cells[t]["macs_per_image"]) for t in taus]])
-        parts.append(f"\n## Activation rule and weighting ({part} split): top-1 (%) and MACs per image against tau\n\n"
-                     + _table(["rule / weighting", *[f"{t:g}" for t in taus]], rows))
+        parts.append(
+            f"\n## Activation rule and weighting ({part} split): top-1 (%) and MACs per image against tau\n\n"
+            + table(["rule / weighting", *[f"{t:g}" for t in taus]], rows)
+        )
     parts.append("\n" + table1_reproduction_markdown(result["table1_resnet18"]))
     parts.append("\n## Plots\n\n" + "".join(f"![{name}]({name})\n" for name in plots))
     parts.append("\n## Notes\n\n" + "".join(f"- {note}\n" for note in result["notes"]))
     return "".join(parts)
 
 
-def write_report(result: dict[str, Any], out_dir: str | os.PathLike) -> Path:
+def write_report(out_dir: str | os.PathLike, result: dict[str, Any]) -> Path:
     """Write cpcnn.md, table1_resnet18.md and the PNG plots into `out_dir`; return the markdown path."""
     out = ensure_dir(out_dir)
-    plots = plot_fig4(result, out) + [plot_policies(result, out), plot_split_sweep(result, out)]
+    plots = plot_fig4(out, result) + [plot_policies(out, result), plot_split_sweep(out, result)]
     write_text(out / "table1_resnet18.md", table1_reproduction_markdown(result["table1_resnet18"]))
     return write_text(out / "cpcnn.md", report_markdown(result, plots))

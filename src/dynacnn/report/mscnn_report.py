@@ -2,59 +2,71 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, Sequence
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dynacnn.flops import format_count
-from dynacnn.io import atomic_write, write_text
+from dynacnn.io import write_text
+from dynacnn.report.render import pct, save_figure, table
 
-FAMILY_COLORS = {"TP-C5": "C0", "TP-C1": "C1", "uniform-C5": "C7", "uniform-C1": "C8", "CAP_FC": "C2", "PTHP": "C3", "full": "k"}
+DPI = 110
 
-
-def _pct(value: float) -> str:
-    return f"{100 * value:.2f}%"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+FAMILY_COLORS = {
+    "TP-C5": "C0",
+    "TP-C1": "C1",
+    "uniform-C5": "C7",
+    "uniform-C1": "C8",
+    "CAP_FC": "C2",
+    "PTHP": "C3",
+    "full": "k",
+}
 
 
 def _settings(settings: dict) -> str:
     return "; ".join(f"{k}={v}" for k, v in settings.items()) or "-"
 
 
-def _save(fig: Figure, path: Path) -> str:
-    FigureCanvasAgg(fig)
-    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110, bbox_inches="tight"))
-    return path.name
-
-
-def plot_tradeoff(result: dict, out: Path) -> str:
+def plot_tradeoff(out: Path, result: dict) -> str:
     """Figs. 5, 6, 8: calibration top-1 against average MACs and parameters per image, frontier, oracle, chosen."""
     fig = Figure(figsize=(12, 4.5))
     for panel, (column, label) in enumerate(((0, "MACs per image (M)"), (2, "parameters read per image (M)"))):
         ax = fig.add_subplot(1, 2, panel + 1)
         for name, points in result["all_calib"].items():
             color = FAMILY_COLORS.get(name, "C4")
-            ax.scatter([p[column] / 1e6 for p in points], [100 * p[1] for p in points], s=5, alpha=0.3, color=color, label=name)
-            front = sorted(((p[column] / 1e6, p[1]) for p in points))
+            ax.scatter(
+                [p[column] / 1e6 for p in points], [100 * p[1] for p in points], s=5, alpha=0.3, color=color, label=name
+            )
+            front = sorted((p[column] / 1e6, p[1]) for p in points)
             best, line = -1.0, []
             for x, y in front:
                 if y > best:
                     best, line = y, line + [(x, y)]
             ax.plot([x for x, _ in line], [100 * y for _, y in line], "-", color=color, lw=1)
         oracle = result["oracle"]["calib"]
-        ax.scatter([oracle["macs_per_image" if column == 0 else "params_per_image"] / 1e6], [100 * oracle["top1"]],
-                   marker="*", s=150, color="gold", edgecolor="k", label="oracle", zorder=5)
+        ax.scatter(
+            [oracle["macs_per_image" if column == 0 else "params_per_image"] / 1e6],
+            [100 * oracle["top1"]],
+            marker="*",
+            s=150,
+            color="gold",
+            edgecolor="k",
+            label="oracle",
+            zorder=5,
+        )
         chosen = result["chosen"]
         if column == 0:
-            ax.scatter([chosen["calib_macs_per_image"] / 1e6], [100 * chosen["calib_top1"]], marker="D", s=60,
-                       facecolor="none", edgecolor="k", label=f"chosen ({chosen['policy']})", zorder=5)
+            ax.scatter(
+                [chosen["calib_macs_per_image"] / 1e6],
+                [100 * chosen["calib_top1"]],
+                marker="D",
+                s=60,
+                facecolor="none",
+                edgecolor="k",
+                label=f"chosen ({chosen['policy']})",
+                zorder=5,
+            )
         full = result["full"]
         ax.axhline(100 * full["calib_top1"], color="k", ls=":", lw=0.8)
         low = 100 * min(s["calib_top1"] for s in result["stages"]) - 1
@@ -63,10 +75,10 @@ def plot_tradeoff(result: dict, out: Path) -> str:
         ax.set_ylabel("top-1 (%) on the calibration split")
         if panel == 0:
             ax.legend(fontsize=7, loc="lower right")
-    return _save(fig, out / "mscnn_tradeoff.png")
+    return save_figure(fig, out / "mscnn_tradeoff.png", dpi=DPI).name
 
 
-def plot_rank(result: dict, out: Path) -> str:
+def plot_rank(out: Path, result: dict) -> str:
     """Fig. 3: PR mean and mean + 2 std per class at stage 1, their maxima per stage, and P(MC | P_th = L)."""
     rank = result["prediction_rank"]
     fig = Figure(figsize=(14, 3.5))
@@ -78,7 +90,9 @@ def plot_rank(result: dict, out: Path) -> str:
     ax.set(title="(a) stage 1, classes by PR mean", xlabel="class (sorted)", ylabel="prediction rank")
     ax.legend(fontsize=7)
     stages = range(1, len(rank["max_pr_mean"]) + 1)
-    for index, (key, title) in enumerate((("max_pr_mean", "(b) max PR mean"), ("max_pr_mean_2std", "(c) max PR mean + 2 std"))):
+    for index, (key, title) in enumerate(
+        (("max_pr_mean", "(b) max PR mean"), ("max_pr_mean_2std", "(c) max PR mean + 2 std"))
+    ):
         ax = fig.add_subplot(1, 4, 2 + index)
         ax.bar(list(stages), rank[key])
         ax.set(title=title, xlabel="stage")
@@ -87,10 +101,10 @@ def plot_rank(result: dict, out: Path) -> str:
         ax.plot(range(1, len(row) + 1), row, "o-", ms=3, label=f"stage {stage + 1}")
     ax.set(title="P(MC | P_th = L), Eq. 1", xlabel="L", yscale="log")
     ax.legend(fontsize=7)
-    return _save(fig, out / "mscnn_rank.png")
+    return save_figure(fig, out / "mscnn_rank.png", dpi=DPI).name
 
 
-def plot_bits(result: dict, out: Path) -> str:
+def plot_bits(out: Path, result: dict) -> str:
     """Fig. 4: each stage's top-1 against the bit-length of its parameters."""
     sweep = result["bits"]["sweep"]
     fig = Figure(figsize=(6, 4))
@@ -100,26 +114,30 @@ def plot_bits(result: dict, out: Path) -> str:
         ax.plot([int(b) for b in bits], [100 * curve[b] for b in bits], "o-", ms=3, label=f"stage {stage + 1}")
     ax.set(xlabel="parameter bit-length", ylabel="top-1 (%), calibration subset")
     ax.legend(fontsize=7)
-    return _save(fig, out / "mscnn_bits.png")
+    return save_figure(fig, out / "mscnn_bits.png", dpi=DPI).name
 
 
-def plot_cap_conv(result: dict, out: Path) -> str:
+def plot_cap_conv(out: Path, result: dict) -> str:
     """Fig. 7: smart (context-aware) against ignorant filter pruning of every stage's last CONV layer."""
     rows = result["cap_conv"]
     fig = Figure(figsize=(5.5, 4))
     ax = fig.add_subplot()
     for p_th in sorted({r["p_th"][0] for r in rows}):
         group = [r for r in rows if r["p_th"][0] == p_th]
-        ax.plot([r["rm"] for r in group], [100 * r["smart_test_top1"] for r in group], "o-", label=f"smart, P_th={p_th}")
+        ax.plot(
+            [r["rm"] for r in group], [100 * r["smart_test_top1"] for r in group], "o-", label=f"smart, P_th={p_th}"
+        )
     group = [r for r in rows if r["p_th"][0] == rows[0]["p_th"][0]]
-    ax.plot([r["rm"] for r in group], [100 * r["ignorant_test_top1"] for r in group], "s--", color="k", label="ignorant")
+    ax.plot(
+        [r["rm"] for r in group], [100 * r["ignorant_test_top1"] for r in group], "s--", color="k", label="ignorant"
+    )
     ax.axhline(100 * result["full"]["top1"], color="k", ls=":", lw=0.8, label="no pruning")
     ax.set(xlabel="filters removed per stage (rm)", ylabel="top-1 (%), test")
     ax.legend(fontsize=8)
-    return _save(fig, out / "mscnn_cap_conv.png")
+    return save_figure(fig, out / "mscnn_cap_conv.png", dpi=DPI).name
 
 
-def plot_timing(result: dict, out: Path) -> str:
+def plot_timing(out: Path, result: dict) -> str:
     """Fig. 9: top-1 against measured time per image of frontier policies."""
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
@@ -131,7 +149,7 @@ def plot_timing(result: dict, out: Path) -> str:
         ax.axvline(result["timing"][0]["full_ms_per_image"], color="k", ls=":", lw=0.8, label="full network")
     ax.set(xlabel="measured ms per image (CPU, batch 256)", ylabel="top-1 (%), calibration")
     ax.legend(fontsize=8)
-    return _save(fig, out / "mscnn_timing.png")
+    return save_figure(fig, out / "mscnn_timing.png", dpi=DPI).name
 
 
 def _table2_section(rows: list[dict]) -> list[str]:
@@ -139,67 +157,176 @@ def _table2_section(rows: list[dict]) -> list[str]:
     to 6x6), at 224 px: parameters match the paper's; MACs differ because AlexNet's 11x11 and 5x5 kernels are not used."""
     if not rows:
         return []
-    return ["\nTable II configuration (`table2_config()`, 224 px, counted on the meta device):\n\n",
-            _table(["stage", "params", "paper params", "MACs", "paper FLOPs"],
-                   [[r["stage"], format_count(r["params"]), format_count(r["paper_params"]), format_count(r["macs"]),
-                     format_count(r["paper_flops"])] for r in rows])]
+    return [
+        "\nTable II configuration (`table2_config()`, 224 px, counted on the meta device):\n\n",
+        table(
+            ["stage", "params", "paper params", "MACs", "paper FLOPs"],
+            [
+                [
+                    r["stage"],
+                    format_count(r["params"]),
+                    format_count(r["paper_params"]),
+                    format_count(r["macs"]),
+                    format_count(r["paper_flops"]),
+                ]
+                for r in rows
+            ],
+        ),
+    ]
 
 
 def markdown(result: dict, plots: list[str]) -> str:
     """The mscnn.md report."""
     full, chosen, oracle = result["full"], result["chosen"], result["oracle"]
-    parts = ["# MS-CNN report\n\n", f"{result['mac_note']}. Accuracies on the test split unless marked calib.\n",
-             "\n## Stages (Table II analog)\n\n",
-             _table(["stage", "band", "params", "MACs", "cumulative MACs", "top-1", "calib top-1"],
-                    [[s["stage"], s["band"], format_count(s["params"]), format_count(s["macs"]), format_count(s["cumulative_macs"]),
-                      _pct(s["top1"]), _pct(s["calib_top1"])] for s in result["stages"]]),
-             *_table2_section(result.get("table2", [])),
-             "\n## Full network, oracle and chosen policy\n\n",
-             _table(["", "top-1", "MACs / image", "MAC fraction", "images/s"],
-                    [["full MS-CNN", _pct(full["top1"]), format_count(full["macs_per_image"]), "100%", f"{full['images_per_s']:.0f}"],
-                     ["oracle (bound)", _pct(oracle["top1"]), format_count(oracle["macs_per_image"]),
-                      _pct(oracle["macs_per_image"] / full["macs_per_image"]), "-"],
-                     [f"chosen {chosen['policy']}", _pct(chosen["top1"]), format_count(chosen["macs_per_image"]),
-                      _pct(chosen["macs_fraction"]), f"{chosen['images_per_s']:.0f}"],
-                     [f"prior art: uniform D_ct ({result['uniform_chosen']['name']}, same rule)", _pct(result["uniform_chosen"]["top1"]),
-                      format_count(result["uniform_chosen"]["macs_per_image"]),
-                      _pct(result["uniform_chosen"]["macs_per_image"] / full["macs_per_image"]), "-"]]),
-             f"\nChosen on the calibration split as the cheapest policy whose top-1 drop plus {chosen['drop_z']} standard errors "
-             f"is at most --max-drop {chosen['max_drop']} points (its calibration drop: {100 * chosen['calib_drop']:.2f} "
-             f"+- {100 * chosen['calib_drop_se']:.2f} points): {_settings(chosen['settings'])}; "
-             f"measured speed-up {chosen['speedup']:.2f}x (paired chunks at batch 256, BatchNorm folded); exits per stage "
-             f"{[round(f, 3) for f in chosen['exit_fractions']]}; executed vs cached agreement {_pct(chosen['agreement_with_cached'])}; "
-             f"counted MACs of the first batch {chosen['counted_macs_first_batch']} vs modelled {chosen['modelled_macs_first_batch']:.0f}.\n",
-             "\n## Policy frontiers (Figs. 5, 6, 8)\n\n",
-             _table(["policy", "settings", "calib top-1", "top-1", "MACs / image", "MAC fraction", "params / image"],
-                    [[r["name"], _settings(r["settings"]), _pct(r["calib_top1"]), _pct(r["top1"]), format_count(r["macs_per_image"]),
-                      _pct(r["macs_per_image"] / full["macs_per_image"]), format_count(r["params_per_image"])]
-                     for r in result["policies"] if r["frontier"] or r["name"] == "full"]),
-             "\n## CAP_CONV: smart against ignorant filter pruning (Fig. 7)\n\n",
-             _table(["rm", "P_th", "MACs / image", "smart top-1", "ignorant top-1", "smart calib", "ignorant calib"],
-                    [[r["rm"], r["p_th"], format_count(r["macs_per_image"]), _pct(r["smart_test_top1"]), _pct(r["ignorant_test_top1"]),
-                      _pct(r["smart_calib_top1"]), _pct(r["ignorant_calib_top1"])] for r in result["cap_conv"]]),
-             "\n## Bit-lengths (Fig. 4, Table III analog)\n\n",
-             f"Symmetric per-tensor fixed point; saturation = shortest bit-length within {100 * result['bits']['tolerance']:.1f} points "
-             f"of float on {result['bits']['images']} calibration images.\n\n",
-             _table(["stage", "saturation bits", "params", "size at 32 bits (MB)", "size at saturation (MB)"],
-                    [[r["stage"], r["saturation_bits"], format_count(r["params"]), f"{r['size_mb_32']:.3f}", f"{r['size_mb_bits']:.3f}"]
-                     for r in result["bits"]["stages"]]),
-             "\nDynamic variant (calibration split): last-FC rows of classes outside the previous stage's top-`keep` at `low_bits`.\n\n",
-             _table(["keep", "low bits", "final top-1", "last-FC kB / image", "static kB / image"],
-                    [[r["keep"], r["low_bits"], _pct(r["top1"]), f"{r['fc_kb_per_image']:.2f}", f"{r['static_fc_kb_per_image']:.2f}"]
-                     for r in result["bits"]["dynamic"]]),
-             "\n## Prediction rank (Eq. 1-3, calibration split)\n\n",
-             _table(["stage", "max PR mean", "max PR mean + 2 std"] + [f"L for P(MC) <= {t}" for t in result["prediction_rank"]["picked_l"]],
-                    [[i + 1, f"{m:.2f}", f"{s:.2f}", *[v[i] for v in result["prediction_rank"]["picked_l"].values()]]
-                     for i, (m, s) in enumerate(zip(result["prediction_rank"]["max_pr_mean"], result["prediction_rank"]["max_pr_mean_2std"]))]),
-             "\n## Plots\n\n", *[f"![{p}]({p})\n" for p in plots]]
+    parts = [
+        "# MS-CNN report\n\n",
+        f"{result['mac_note']}. Accuracies on the test split unless marked calib.\n",
+        "\n## Stages (Table II analog)\n\n",
+        table(
+            ["stage", "band", "params", "MACs", "cumulative MACs", "top-1", "calib top-1"],
+            [
+                [
+                    s["stage"],
+                    s["band"],
+                    format_count(s["params"]),
+                    format_count(s["macs"]),
+                    format_count(s["cumulative_macs"]),
+                    pct(s["top1"]),
+                    pct(s["calib_top1"]),
+                ]
+                for s in result["stages"]
+            ],
+        ),
+        *_table2_section(result.get("table2", [])),
+        "\n## Full network, oracle and chosen policy\n\n",
+        table(
+            ["", "top-1", "MACs / image", "MAC fraction", "images/s"],
+            [
+                [
+                    "full MS-CNN",
+                    pct(full["top1"]),
+                    format_count(full["macs_per_image"]),
+                    "100%",
+                    f"{full['images_per_s']:.0f}",
+                ],
+                [
+                    "oracle (bound)",
+                    pct(oracle["top1"]),
+                    format_count(oracle["macs_per_image"]),
+                    pct(oracle["macs_per_image"] / full["macs_per_image"]),
+                    "-",
+                ],
+                [
+                    f"chosen {chosen['policy']}",
+                    pct(chosen["top1"]),
+                    format_count(chosen["macs_per_image"]),
+                    pct(chosen["macs_fraction"]),
+                    f"{chosen['images_per_s']:.0f}",
+                ],
+                [
+                    f"prior art: uniform D_ct ({result['uniform_chosen']['name']}, same rule)",
+                    pct(result["uniform_chosen"]["top1"]),
+                    format_count(result["uniform_chosen"]["macs_per_image"]),
+                    pct(result["uniform_chosen"]["macs_per_image"] / full["macs_per_image"]),
+                    "-",
+                ],
+            ],
+        ),
+        f"\nChosen on the calibration split as the cheapest policy whose top-1 drop plus {chosen['drop_z']} standard errors "
+        f"is at most --max-drop {chosen['max_drop']} points (its calibration drop: {100 * chosen['calib_drop']:.2f} "
+        f"+- {100 * chosen['calib_drop_se']:.2f} points): {_settings(chosen['settings'])}; "
+        f"measured speed-up {chosen['speedup']:.2f}x (paired chunks at batch 256, BatchNorm folded); exits per stage "
+        f"{[round(f, 3) for f in chosen['exit_fractions']]}; executed vs cached agreement {pct(chosen['agreement_with_cached'])}; "
+        f"counted MACs of the first batch {chosen['counted_macs_first_batch']} vs modelled {chosen['modelled_macs_first_batch']:.0f}.\n",
+        "\n## Policy frontiers (Figs. 5, 6, 8)\n\n",
+        table(
+            ["policy", "settings", "calib top-1", "top-1", "MACs / image", "MAC fraction", "params / image"],
+            [
+                [
+                    r["name"],
+                    _settings(r["settings"]),
+                    pct(r["calib_top1"]),
+                    pct(r["top1"]),
+                    format_count(r["macs_per_image"]),
+                    pct(r["macs_per_image"] / full["macs_per_image"]),
+                    format_count(r["params_per_image"]),
+                ]
+                for r in result["policies"]
+                if r["frontier"] or r["name"] == "full"
+            ],
+        ),
+        "\n## CAP_CONV: smart against ignorant filter pruning (Fig. 7)\n\n",
+        table(
+            ["rm", "P_th", "MACs / image", "smart top-1", "ignorant top-1", "smart calib", "ignorant calib"],
+            [
+                [
+                    r["rm"],
+                    r["p_th"],
+                    format_count(r["macs_per_image"]),
+                    pct(r["smart_test_top1"]),
+                    pct(r["ignorant_test_top1"]),
+                    pct(r["smart_calib_top1"]),
+                    pct(r["ignorant_calib_top1"]),
+                ]
+                for r in result["cap_conv"]
+            ],
+        ),
+        "\n## Bit-lengths (Fig. 4, Table III analog)\n\n",
+        f"Symmetric per-tensor fixed point; saturation = shortest bit-length within {100 * result['bits']['tolerance']:.1f} points "
+        f"of float on {result['bits']['images']} calibration images.\n\n",
+        table(
+            ["stage", "saturation bits", "params", "size at 32 bits (MB)", "size at saturation (MB)"],
+            [
+                [
+                    r["stage"],
+                    r["saturation_bits"],
+                    format_count(r["params"]),
+                    f"{r['size_mb_32']:.3f}",
+                    f"{r['size_mb_bits']:.3f}",
+                ]
+                for r in result["bits"]["stages"]
+            ],
+        ),
+        "\nDynamic variant (calibration split): last-FC rows of classes outside the previous stage's top-`keep` at `low_bits`.\n\n",
+        table(
+            ["keep", "low bits", "final top-1", "last-FC kB / image", "static kB / image"],
+            [
+                [
+                    r["keep"],
+                    r["low_bits"],
+                    pct(r["top1"]),
+                    f"{r['fc_kb_per_image']:.2f}",
+                    f"{r['static_fc_kb_per_image']:.2f}",
+                ]
+                for r in result["bits"]["dynamic"]
+            ],
+        ),
+        "\n## Prediction rank (Eq. 1-3, calibration split)\n\n",
+        table(
+            ["stage", "max PR mean", "max PR mean + 2 std"]
+            + [f"L for P(MC) <= {t}" for t in result["prediction_rank"]["picked_l"]],
+            [
+                [i + 1, f"{m:.2f}", f"{s:.2f}", *[v[i] for v in result["prediction_rank"]["picked_l"].values()]]
+                for i, (m, s) in enumerate(
+                    zip(result["prediction_rank"]["max_pr_mean"], result["prediction_rank"]["max_pr_mean_2std"])
+                )
+            ],
+        ),
+        "\n## Plots\n\n",
+        *[f"![{p}]({p})\n" for p in plots],
+    ]
     return "".join(parts)
 
 
-def write_report(out: Path, result: dict) -> list[str]:
+def write_report(out: str | os.PathLike, result: dict) -> list[str]:
     """Write mscnn.md and the PNG plots into `out`; returns the written file names."""
     out = Path(out)
-    plots = [plot_tradeoff(result, out), plot_rank(result, out), plot_bits(result, out), plot_cap_conv(result, out), plot_timing(result, out)]
+    plots = [
+        plot_tradeoff(out, result),
+        plot_rank(out, result),
+        plot_bits(out, result),
+        plot_cap_conv(out, result),
+        plot_timing(out, result),
+    ]
     write_text(out / "mscnn.md", markdown(result, plots))
     return ["mscnn.md", *plots]

@@ -10,8 +10,9 @@ import torch
 from rich.console import Console
 
 from dynacnn.errors import ConfigError
-from dynacnn.flops import count_macs
-from dynacnn.report.demo import (
+from dynacnn.experiments.bench import contender_identity
+from dynacnn.experiments.demo import (
+    DemoConfig,
     base_model_spec,
     matched_width,
     run_demo,
@@ -19,14 +20,15 @@ from dynacnn.report.demo import (
     summary_table,
     uniform_threshold_exit,
 )
-from dynacnn.report.demo_report import contender_identity
+from dynacnn.flops import count_macs
+
+QUICK = DemoConfig(data="synthetic", quick=True, data_options={"samples_per_class": 60})
 
 
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    run_demo(out, data="synthetic", quick=True, device="cpu", data_options={"samples_per_class": 60},
-             console=Console(file=open(out / "console.txt", "w"), width=120))
+    run_demo(out, QUICK, device="cpu", console=Console(file=open(out / "console.txt", "w"), width=120))
     return out
 
 
@@ -59,7 +61,9 @@ def test_report_markdown_links_only_existing_files(demo_dir):
     console = (demo_dir / "console.txt").read_text()
     assert "speed-up vs base" in console and "CP-CNN" in console
     report = json.loads((demo_dir / "report.json").read_text())
-    cp_speedup = next(r["wall_speedup_median"] for r in report["bench"] if r["model"] == "cpcnn" and r["batch_size"] == 256)
+    cp_speedup = next(
+        r["wall_speedup_median"] for r in report["bench"] if r["model"] == "cpcnn" and r["batch_size"] == 256
+    )
     cp_line = next(line for line in console.splitlines() if "CP-CNN (tau" in line)
     assert f"{cp_speedup:.2f}x" in cp_line  # the closing table shows the benchmark's paired median
     assert f"{cp_speedup:.2f}x" in next(line for line in text.splitlines() if line.startswith("| CP-CNN"))
@@ -68,11 +72,15 @@ def test_report_markdown_links_only_existing_files(demo_dir):
 def test_closing_table_shows_the_paired_median_not_the_ratio_of_images_per_s(tmp_path):
     point = {"top1": 0.9, "macs_per_image": 1e6}
     report = {
-        "base": point, "cpcnn": {"chosen": {**point, "tau": 0.3}}, "mscnn": {"chosen": {**point, "policy": "TP-C1"}},
+        "base": point,
+        "cpcnn": {"chosen": {**point, "tau": 0.3}},
+        "mscnn": {"chosen": {**point, "policy": "TP-C1"}},
         "baselines": {"compute_matched": {**point, "width": 0.1875}},
         "images_per_s_batch256": {"base": 1000.0, "cpcnn": 1500.0, "mscnn": 2000.0, "matched": 1100.0},
-        "bench": [{"model": name, "batch_size": 256, "wall_speedup_median": median}
-                  for name, median in (("base", 1.0), ("cpcnn", 1.19), ("mscnn", 1.77), ("matched", 1.03))],
+        "bench": [
+            {"model": name, "batch_size": 256, "wall_speedup_median": median}
+            for name, median in (("base", 1.0), ("cpcnn", 1.19), ("mscnn", 1.77), ("matched", 1.03))
+        ],
     }
     with open(tmp_path / "console.txt", "w") as handle:
         summary_table(Console(file=handle, width=120), report)
@@ -84,8 +92,7 @@ def test_closing_table_shows_the_paired_median_not_the_ratio_of_images_per_s(tmp
 
 def test_a_rerun_reuses_every_finished_step(demo_dir):
     before = {p.name: p.stat().st_mtime for p in (demo_dir / "base").iterdir()}
-    run_demo(demo_dir, data="synthetic", quick=True, device="cpu", data_options={"samples_per_class": 60},
-             console=Console(file=open(demo_dir / "console2.txt", "w"), width=120))
+    run_demo(demo_dir, QUICK, device="cpu", console=Console(file=open(demo_dir / "console2.txt", "w"), width=120))
     assert {p.name: p.stat().st_mtime for p in (demo_dir / "base").iterdir()} == before
     assert (demo_dir / "console2.txt").read_text().count("found, reusing") == 5  # every step but the report
 
@@ -93,17 +100,28 @@ def test_a_rerun_reuses_every_finished_step(demo_dir):
 def test_a_rerun_with_another_max_drop_redoes_the_choices_not_the_training(demo_dir, tmp_path):
     out = tmp_path / "demo"
     shutil.copytree(demo_dir, out)
-    weights = [out / "base" / "model.safetensors", out / "matched" / "model.safetensors", out / "mscnn" / "model.safetensors"]
+    weights = [
+        out / "base" / "model.safetensors",
+        out / "matched" / "model.safetensors",
+        out / "mscnn" / "model.safetensors",
+    ]
     trained = {path: path.read_bytes() for path in weights}
-    run_demo(out, data="synthetic", quick=True, device="cpu", data_options={"samples_per_class": 60}, max_drop=3.0,
-             console=Console(file=open(out / "console3.txt", "w"), width=120))
+    run_demo(
+        out,
+        replace(QUICK, max_drop=3.0),
+        device="cpu",
+        console=Console(file=open(out / "console3.txt", "w"), width=120),
+    )
     console = (out / "console3.txt").read_text()
     assert console.count("found with other settings, redoing") >= 2  # CP-CNN and MS-CNN choose again
-    assert json.loads((out / "bench.json").read_text())["contenders"] == contender_identity(out)  # re-timed if they moved
+    assert json.loads((out / "bench.json").read_text())["contenders"] == contender_identity(
+        out
+    )  # re-timed if they moved
     for name in ("cpcnn/cpcnn.json", "mscnn/mscnn.json"):
         assert json.loads((out / name).read_text())["chosen"]["max_drop"] == 3.0
     report = json.loads((out / "report.json").read_text())
     assert report["settings"]["max_drop_points"] == 3.0
+    assert report["settings"]["config"]["cpcnn"]["max_drop"] == 3.0 and report["mscnn"]["settings"]["max_drop"] == 3.0
     width = report["baselines"]["compute_matched"]["width"]
     if width == json.loads((demo_dir / "report.json").read_text())["baselines"]["compute_matched"]["width"]:
         assert {path: path.read_bytes() for path in weights} == trained
@@ -116,8 +134,12 @@ def test_a_rerun_with_another_max_drop_redoes_the_choices_not_the_training(demo_
 def test_a_rerun_with_another_recipe_is_refused_before_anything_changes(demo_dir):
     before = {p: p.stat().st_mtime for p in demo_dir.rglob("*") if p.is_file()}
     with pytest.raises(ConfigError, match="train_config.*delete"):
-        run_demo(demo_dir, data="synthetic", quick=True, device="cpu", data_options={"samples_per_class": 60}, epochs=3,
-                 console=Console(file=open(demo_dir.parent / "console4.txt", "w"), width=120))
+        run_demo(
+            demo_dir,
+            replace(QUICK, epochs=3),
+            device="cpu",
+            console=Console(file=open(demo_dir.parent / "console4.txt", "w"), width=120),
+        )
     assert {p: p.stat().st_mtime for p in demo_dir.rglob("*") if p.is_file()} == before
 
 
@@ -131,20 +153,44 @@ def test_set_aside_keeps_every_earlier_run(tmp_path):
 
 
 def test_uniform_threshold_baseline_is_chosen_on_calibration():
-    mscnn = {"full": {"calib_top1": 0.9}, "policies": [
-        {"name": "uniform-C1", "settings": {}, "top1": 0.5, "macs_per_image": 1.0, "calib_top1": 0.80, "calib_macs_per_image": 1.0},
-        {"name": "uniform-C1", "settings": {}, "top1": 0.88, "macs_per_image": 2.0, "calib_top1": 0.897, "calib_macs_per_image": 2.0},
-        {"name": "TP-C1", "settings": {}, "top1": 0.9, "macs_per_image": 0.5, "calib_top1": 0.9, "calib_macs_per_image": 0.5},
-    ]}
+    mscnn = {
+        "full": {"calib_top1": 0.9},
+        "policies": [
+            {
+                "name": "uniform-C1",
+                "settings": {},
+                "top1": 0.5,
+                "macs_per_image": 1.0,
+                "calib_top1": 0.80,
+                "calib_macs_per_image": 1.0,
+            },
+            {
+                "name": "uniform-C1",
+                "settings": {},
+                "top1": 0.88,
+                "macs_per_image": 2.0,
+                "calib_top1": 0.897,
+                "calib_macs_per_image": 2.0,
+            },
+            {
+                "name": "TP-C1",
+                "settings": {},
+                "top1": 0.9,
+                "macs_per_image": 0.5,
+                "calib_top1": 0.9,
+                "calib_macs_per_image": 0.5,
+            },
+        ],
+    }
     assert uniform_threshold_exit(mscnn, 0.5)["macs_per_image"] == 2.0
     assert uniform_threshold_exit(mscnn, 0.0) == {}
 
 
 def test_negative_max_drop_or_epochs_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match="--max-drop"):
-        run_demo(tmp_path / "a", data="synthetic", quick=True, max_drop=-1)
+        run_demo(tmp_path / "a", replace(QUICK, max_drop=-1))
     with pytest.raises(ConfigError, match="--epochs"):
-        run_demo(tmp_path / "b", data="synthetic", quick=True, epochs=0)
+        run_demo(tmp_path / "b", replace(QUICK, epochs=0))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 

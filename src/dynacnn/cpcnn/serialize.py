@@ -1,0 +1,141 @@
+"""Saving and loading a CP-CNN (`cpcnn.safetensors` + `cpcnn_model.json`), its backbone's description and its
+hyper-classes (`clusters.json`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dynacnn.cpcnn.compress import build_head, check_backbone, shared_part
+from dynacnn.cpcnn.model import CPCNN, TrivialHead, check_members
+from dynacnn.errors import CheckpointError, ConfigError
+from dynacnn.io import ensure_dir, read_json, write_json
+from dynacnn.models import ResNet, build_resnet
+from dynacnn.models.layout import MEMORY_FORMATS
+from dynacnn.models.resnet import STAGE_BLOCKS
+from dynacnn.runs import load_weights, save_weights
+
+FORMAT_VERSION = 1
+
+
+def backbone_spec(backbone: nn.Module) -> dict[str, Any]:
+    """How to rebuild `backbone`'s architecture (ours or torchvision's ResNet-18/34) for `load_cpcnn`."""
+    check_backbone(backbone)
+    blocks = tuple(len(getattr(backbone, f"layer{i}")) for i in range(1, 5))
+    arch = next((name for name, counts in STAGE_BLOCKS.items() if counts == blocks), None)
+    if arch is None:
+        raise ConfigError(f"cannot describe a ResNet with stage depths {blocks}; use resnet18 or resnet34")
+    num_classes, in_channels = backbone.fc.out_features, backbone.conv1.in_channels
+    if isinstance(backbone, ResNet):
+        width = backbone.conv1.out_channels / 64
+        return {
+            "kind": "dynacnn",
+            "arch": arch,
+            "width": width,
+            "stem": backbone.stem,
+            "num_classes": num_classes,
+            "in_channels": in_channels,
+        }
+    conv = backbone.conv1
+    return {
+        "kind": "torchvision",
+        "arch": arch,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "conv1": [conv.out_channels, conv.kernel_size[0], conv.stride[0], conv.padding[0]],
+        "maxpool": not isinstance(backbone.maxpool, nn.Identity),
+    }
+
+
+def build_backbone(spec: Mapping[str, Any]) -> nn.Module:
+    """An untrained backbone of the architecture `spec` (from `backbone_spec`) describes."""
+    if spec.get("kind") == "dynacnn":
+        return build_resnet(spec["arch"], spec["num_classes"], spec["in_channels"], spec["width"], spec["stem"])
+    if spec.get("kind") == "torchvision":
+        import torchvision  # only for torchvision backbones: importing it costs a second
+
+        model = getattr(torchvision.models, spec["arch"])(num_classes=spec["num_classes"])
+        out_channels, kernel, stride, padding = spec["conv1"]
+        model.conv1 = nn.Conv2d(spec["in_channels"], out_channels, kernel, stride, padding, bias=False)
+        if not spec["maxpool"]:
+            model.maxpool = nn.Identity()
+        return model
+    raise CheckpointError(f"unknown backbone description {dict(spec)}; re-run the CP-CNN conversion")
+
+
+def save_cpcnn(model: CPCNN, out_dir: str | Path, meta: dict[str, Any]) -> None:
+    """Write `cpcnn.safetensors` (all weights, the confusion matrix) and `cpcnn_model.json` (structure, policy)."""
+    out = ensure_dir(out_dir)
+    save_weights(out / "cpcnn.safetensors", model)
+    write_json(
+        out / "cpcnn_model.json",
+        {
+            "format_version": FORMAT_VERSION,
+            **meta,
+            "members": model.members,
+            "input_shape": list(model.input_shape),
+            "tau": model.tau,
+            "rule": model.rule,
+            "weighting": model.weighting,
+        },
+    )
+
+
+def load_cpcnn(out_dir: str | Path, device: torch.device | str = "cpu") -> CPCNN:
+    """Rebuild the CP-CNN saved by `run_cpcnn` / `convert` in `out_dir` (for `dynacnn bench` and the Python API).
+
+    The model comes in the memory format it was timed in (`cpcnn_model.json`: memory_format); feed it inputs
+    in that format too (`x.contiguous(memory_format=torch.channels_last)`) for the measured speed.
+    """
+    out = Path(out_dir)
+    if not (out / "cpcnn_model.json").exists():
+        raise CheckpointError(f"{out} holds no CP-CNN (no cpcnn_model.json); make it with `dynacnn cpcnn --out {out}`")
+    meta = read_json(out / "cpcnn_model.json")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{out}/cpcnn_model.json has an unknown format version; re-run the CP-CNN conversion")
+    try:
+        backbone = build_backbone(meta["backbone"])
+        shape, split, members = meta["input_shape"], meta["split"], meta["members"]
+        clustifier = build_head(backbone, split, meta["clustifier"], len(members), shape)
+        heads = [
+            TrivialHead() if name == "trivial" else build_head(backbone, split, name, len(group), shape)
+            for name, group in zip(meta["heads"], members)
+        ]
+        confusion = torch.zeros(len(members), len(members))
+        model = CPCNN(
+            shared_part(backbone, split),
+            clustifier,
+            heads,
+            members,
+            confusion,
+            shape,
+            tau=meta["tau"],
+            rule=meta["rule"],
+            weighting=meta["weighting"],
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{out}/cpcnn_model.json is incomplete ({exc}); re-run the CP-CNN conversion") from None
+    load_weights(out / "cpcnn.safetensors", model)
+    fmt = MEMORY_FORMATS.get(meta.get("memory_format"), torch.contiguous_format)
+    return model.to(device).to(memory_format=fmt).eval()
+
+
+def load_clusters(out: Path, num_classes: int, n_clusters: int | None = None) -> tuple[list[list[int]], dict[str, Any]]:
+    """Hyper-classes (member lists) and the whole JSON of `out/clusters.json`, checked to partition the classes
+    and, with `n_clusters`, to be that many."""
+    path = out / "clusters.json"
+    clusters = read_json(path)
+    try:
+        members = [list(entry["classes"]) for entry in clusters["hyper_classes"]]
+    except (KeyError, TypeError):
+        raise ConfigError(f"{path} has no hyper_classes list; delete it to re-cluster") from None
+    if n_clusters is not None and len(members) != n_clusters:
+        raise ConfigError(
+            f"{path} holds {len(members)} hyper-classes but {n_clusters} were asked for; "
+            "delete it to re-cluster, or drop the hyper-class count"
+        )
+    return check_members(members, num_classes), clusters

@@ -1,0 +1,124 @@
+"""`dynacnn bench` and the demo's benchmark step: the demo's four models timed side by side (bench.json / bench.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from dynacnn.cpcnn import load_cpcnn
+from dynacnn.data import normalize
+from dynacnn.errors import ConfigError
+from dynacnn.flops import count_macs
+from dynacnn.io import read_json
+from dynacnn.models.fold import fold_batchnorm
+from dynacnn.models.layout import device_layout
+from dynacnn.mscnn.execute import execute
+from dynacnn.mscnn.policies import Policy
+from dynacnn.mscnn.serialize import load_mscnn, read_mscnn_result
+from dynacnn.report.demo_report import write_bench
+from dynacnn.report.render import timing_table
+from dynacnn.runs import load_run
+from dynacnn.timing import Contender, measure
+from dynacnn.train import resolve_device
+
+BATCH_SIZES = (1, 32, 256)
+CHUNK_BATCHES = 10
+DEMO_PARTS = ("base/run.json", "cpcnn/cpcnn.json", "mscnn/mscnn.json", "matched/run.json")
+
+
+def demo_contenders(out: Path, input_shape: tuple[int, ...], device: torch.device) -> list[Contender]:
+    """Base, CP-CNN at its chosen tau, MS-CNN with its chosen policy and the compute-matched ResNet, each with
+    its BatchNorms folded into the convs (the form a deployment runs)."""
+    probe = torch.zeros(1, *input_shape)
+    contenders = []
+    for name, run_dir in (("base", out / "base"), ("matched", out / "matched")):
+        model = load_run(run_dir, "cpu").model
+        macs = count_macs(model, probe).macs_per_image
+        model = device_layout(model.to(device), device)
+        contenders.append(Contender(name, fold_batchnorm(model), macs))
+    cpcnn = fold_batchnorm(load_cpcnn(out / "cpcnn", device))
+    contenders.insert(1, Contender("cpcnn", cpcnn, read_json(out / "cpcnn" / "cpcnn.json")["chosen"]["macs_per_image"]))
+    chosen = read_mscnn_result(out / "mscnn")["chosen"]
+    contenders.insert(2, Contender("mscnn", mscnn_runner(out / "mscnn", chosen, device), chosen["macs_per_image"]))
+    return contenders
+
+
+def chosen_policy(chosen: dict[str, Any], num_stages: int, num_classes: int) -> Policy:
+    """The `Policy` of an MS-CNN's chosen point as mscnn.json records it (kind told by its settings' keys)."""
+    settings = chosen["settings"]
+    kind = "PTHP" if "s_th" in settings else "TP" if "d_ct" in settings else "CAP_FC" if "p_th" in settings else "full"
+    return Policy(
+        kind,
+        num_stages,
+        num_classes,
+        d_ct=tuple(settings["d_ct"]) if "d_ct" in settings else None,
+        top_c=settings.get("top_c", 5),
+        p_th=tuple(settings["p_th"]) if "p_th" in settings else None,
+        s_th=tuple(settings["s_th"]) if "s_th" in settings else None,
+        stop_size=settings.get("stop_size", 0),
+    )
+
+
+def mscnn_runner(out: Path, chosen: dict[str, Any], device: torch.device) -> Callable[[torch.Tensor], Any]:
+    """The MS-CNN's chosen policy as an executing function (real early exit / FC-row pruning)."""
+    if chosen["policy"] == "CAP_CONV":
+        raise ConfigError(
+            f"{out}: the chosen MS-CNN policy is CAP_CONV, which the demo benchmark cannot rebuild; "
+            "its speed is in mscnn.json"
+        )
+    model = fold_batchnorm(load_mscnn(out, device))
+    policy = chosen_policy(chosen, model.num_stages, model.config.num_classes)
+    return lambda x: execute(model, x, policy, chosen.get("fc_rows", "image"))
+
+
+def contender_identity(out: Path) -> dict[str, Any]:
+    """What the benchmark timed: each contender's run settings and chosen operating point (a rerun of the demo
+    re-measures when any of them changed)."""
+    runs = {name: read_json(out / name / "run.json") for name in ("base", "matched")}
+    cpcnn, mscnn = read_json(out / "cpcnn" / "cpcnn.json")["chosen"], read_json(out / "mscnn" / "mscnn.json")["chosen"]
+    return {
+        **{name: {"model": run["model"], "train_config": run.get("train_config")} for name, run in runs.items()},
+        "cpcnn": {"tau": cpcnn["tau"], "macs_per_image": cpcnn["macs_per_image"]},
+        "mscnn": {"policy": mscnn["policy"], "settings": mscnn["settings"]},
+    }
+
+
+def benchmark(out: Path, splits: Any, device: torch.device, console: Console, repeats: int = 5) -> dict[str, Any]:
+    """Images/s of every contender at batch 1, 32 and 256 on the test split, paired chunks; writes bench.json/.md."""
+    contenders = demo_contenders(out, splits.info.input_shape, device)
+    images = device_layout(normalize(splits.test.images, splits.info).to(device), device)
+    batch1_images = 500 if repeats > 2 else 100
+    rows = measure(
+        contenders, images, BATCH_SIZES, repeats=repeats, max_images_batch1=batch1_images, chunk_batches=CHUNK_BATCHES
+    )
+    console.print(timing_table(rows))
+    return write_bench(
+        out,
+        {
+            "contenders": contender_identity(out),
+            "rows": rows,
+            "images_per_s": {row["model"]: row["images_per_s"] for row in rows if row["batch_size"] == 256},
+            "note": f"interleaved repetitions in one process, each over chunks of {CHUNK_BATCHES} batches run by every model in "
+            "turn; BatchNorm folded into the convs of every model; speed-ups are per-chunk base time / model time "
+            "on the same images (min and median); "
+            f"batch 1 is timed on the first {batch1_images} test images; device {device}",
+        },
+    )
+
+
+def bench_demo(
+    out: str | Path, *, device: str = "auto", console: Console | None = None, repeats: int = 5
+) -> dict[str, Any]:
+    """Re-measure the demo's models side by side (what `dynacnn bench` runs); rewrites bench.json / bench.md."""
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ConfigError(f"--repeats must be a positive integer, got {repeats!r}")
+    out = Path(out)
+    for needed in DEMO_PARTS:
+        if not (out / needed).exists():
+            raise ConfigError(f"{out} has no {needed}; run `dynacnn demo --out {out}` first")
+    splits = load_run(out / "base").data_spec.load()
+    return benchmark(out, splits, resolve_device(device), console or Console(), repeats=repeats)
