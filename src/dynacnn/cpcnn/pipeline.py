@@ -200,7 +200,7 @@ def choose_split_point(conv: Conversion) -> None:
     """Step 3: the split sweep (made once per output directory: a resumed run repeats its timed choice), then the
     split: the given one, or the fastest with compressed heads among those meeting max_drop."""
     c, settings = conv.config, conv.config.to_dict()
-    fixed, candidates = conv.config.parsed_configs
+    fixed = conv.config.parsed_configs[0]
     splits = [c.split] if c.split is not None else (["layer2"] if c.quick else list(SPLIT_POINTS))
     # the settings the sweep depends on (from `to_dict()`), laid out as before the split into modules: older output
     # directories still resume
