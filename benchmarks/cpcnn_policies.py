@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 
-from dynacnn.cpcnn.cache import backbone_logits, batched_outputs, cache_split, class_probs
+from dynacnn.cpcnn.cache import CachedSplit, backbone_logits, batched_outputs, cache_split, class_probs
 from dynacnn.cpcnn.clustering import HyperClassClustering
 from dynacnn.cpcnn.compress import build_head, shared_part
 from dynacnn.cpcnn.config import DISTILL
 from dynacnn.cpcnn.explore import SELECTION_TAUS, evaluate_policy
 from dynacnn.cpcnn.policy import RULES, WEIGHTINGS, confusion_matrix
-from dynacnn.cpcnn.training import train_component
+from dynacnn.cpcnn.training import hyper_class_teacher, train_component
 from dynacnn.flops import count_macs
 from dynacnn.io import ensure_dir, write_json
 from dynacnn.runs import load_run
@@ -53,15 +53,14 @@ def main() -> None:
     shared = shared_part(backbone, args.split)
     train = cache_split(shared, data, "train", device)
     features = {part: cache_split(shared, data, part, device).features for part in ("calib", "test")}
-    log_probs = torch.log_softmax(backbone_logits(backbone, args.split, train.features, shape), dim=-1)
-    teacher = torch.stack([torch.logsumexp(log_probs[..., group], dim=-1) for group in members], dim=-1)
+    train.teacher = backbone_logits(backbone, args.split, train.features, shape)
     clustifier = build_head(backbone, args.split, args.clustifier, len(members), shape)
     config = TrainConfig(epochs=args.epochs, batch_size=128, lr=0.05, augment=False)
     record = train_component(
         clustifier,
         f"{args.split}-{args.clustifier}",
-        (train.features, group_of[train.labels], teacher),
-        (features["calib"], group_of[labels["calib"]]),
+        train.training_batches(group_of, hyper_class_teacher(members), None, 128),
+        (CachedSplit(features["calib"], labels["calib"]), None, group_of[labels["calib"]]),
         out,
         config,
         {},

@@ -842,11 +842,17 @@ def test_disk_full_through_the_cli_is_one_line(tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize(
     "args, fragments",
     [
-        (["train", "--data", "imagenet"], ["unknown dataset 'imagenet'", "fashion-mnist"]),
+        (
+            ["train", "--data", "imagenet"],
+            ["Invalid value for '--data'", "'imagenet' is not one of", "'fashion-mnist'"],
+        ),
         (["train", *TINY, "--device", "tpu"], ["unknown --device 'tpu'", "auto, cpu or cuda"]),
-        (["train", *TINY, "--stem", "tiny"], ["unknown stem 'tiny'", "small-pool"]),
-        (["train", *TINY, "--arch", "resnet50"], ["unknown architecture 'resnet50'", "resnet18"]),
-        (["train", *TINY, "--schedule", "linear"], ["unknown schedule 'linear'", "onecycle"]),
+        (["train", *TINY, "--stem", "tiny"], ["Invalid value for '--stem'", "'tiny' is not one of", "'small-pool'"]),
+        (
+            ["train", *TINY, "--arch", "resnet99"],
+            ["Invalid value for '--arch'", "'resnet99' is not one of", "'resnet18'"],
+        ),
+        (["train", *TINY, "--schedule", "linear"], ["'linear' is not one of 'onecycle', 'cosine'"]),
         (["train", *TINY, "--epochs", "0"], ["--epochs must be at least 1, got 0"]),
         (["train", *TINY, "--batch-size", "0"], ["--batch-size must be at least 1"]),
         (["train", *TINY, "--lr", "-0.1"], ["--lr must be positive"]),
@@ -895,8 +901,8 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
             ]
         )
     monkeypatch.setenv("DYNACNN_DEBUG", "1")
-    with pytest.raises(ConfigError, match="unknown dataset"):
-        main(["train", "--data", "imagenet", "--out", str(tmp_path / "o")])
+    with pytest.raises(ConfigError, match="--epochs must be at least 1"):
+        main(["train", "--epochs", "0", "--out", str(tmp_path / "o")])
 
 
 # ------------------------------------------------------------------------- cpcnn, mscnn and demo options (CLI)
@@ -907,13 +913,14 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     [
         (["cpcnn", "--tau", "1.5"], ["tau 1.5 must be in (0, 1]"]),
         (["cpcnn", "--tau", "0"], ["tau 0.0 must be in (0, 1]"]),
-        (["cpcnn", "--split", "layer4"], ["split point 'layer4' leaves no stage"]),
+        (["cpcnn", "--split", "layer4"], ["Invalid value for '--split'", "'layer4' is not one of 'stem', 'layer1'"]),
         (["cpcnn", "--max-drop", "-1"], ["max_drop", "percentage points"]),
-        (["cpcnn", "--memory-format", "nhwc"], ["memory_format 'nhwc'", "channels_last"]),
+        (["cpcnn", "--memory-format", "nhwc"], ["Invalid value for '--memory-format'", "'nhwc'", "'channels_last'"]),
         (["cpcnn", "--configs", "L1,C0:L2"], ["mixes fixed"]),
-        (["cpcnn", "--clusters", "1"], ["--clusters 1", "hyper-classes"]),
+        (["cpcnn", "--clusters", "1"], ["--hyper-classes 1", "hyper-classes"]),
+        (["cpcnn", "--hyper-classes", "11"], ["11 must be a whole number of hyper-classes in [2, 10]"]),
         (["mscnn", "--data", "digits", "--max-drop", "-1"], ["--max-drop -1.0"]),
-        (["mscnn", "--data", "digits", "--fc-rows", "rows"], ["--fc-rows 'rows'", "image, batch"]),
+        (["mscnn", "--data", "digits", "--fc-rows", "rows"], ["Invalid value for '--fc-rows'", "'batch', 'image'"]),
         (["demo", "--data", "digits", "--max-drop", "-1"], ["--max-drop -1.0", "percentage points"]),
         (["demo", "--data", "digits", "--epochs", "0"], ["--epochs", "positive integer"]),
     ],
@@ -939,3 +946,116 @@ def test_bench_of_a_directory_that_is_not_a_demo(tmp_path, capsys):
 def test_bench_with_no_repetitions(tmp_path, capsys):
     code, _, err = run_cli(["bench", "--demo-dir", tmp_path, "--repeats", "0"], capsys)
     assert_one_line_error(code, err, "--repeats", "positive integer")
+
+
+# -------------------------------------------------------------------- your own model: --checkpoint, --arch (CLI)
+
+OWN_ARCH = "torchvision:resnet18"
+
+
+def write_rgb_folder(root: Path, classes: int) -> Path:
+    """An RGB image folder of `classes` classes (c0, c1, ...), 8x8, two training and one test image each."""
+    for split, count in (("train", 2), ("test", 1)):
+        for label in range(classes):
+            for i in range(count):
+                write_png(root / split / f"c{label}" / f"{i}.png", (8, 8), 50 * label + i, mode="RGB")
+    return root
+
+
+@pytest.fixture(scope="module")
+def own_model(tmp_path_factory):
+    """A randomly initialised torchvision ResNet-18 with a 3-class head (safetensors), a 3-class RGB folder, a
+    4-class one and a grayscale 3-class one."""
+    from safetensors.torch import save_file
+
+    from dynacnn.models.external import build_external
+
+    root = tmp_path_factory.mktemp("own")
+    torch.manual_seed(0)
+    state = {key: value.contiguous() for key, value in build_external(OWN_ARCH, 3).state_dict().items()}
+    save_file(state, str(root / "resnet18.safetensors"))
+    write_image_folder(root / "gray", classes=("c0", "c1", "c2"))
+    return {
+        "checkpoint": root / "resnet18.safetensors",
+        "three": write_rgb_folder(root / "three", 3),
+        "four": write_rgb_folder(root / "four", 4),
+        "gray": root / "gray",
+    }
+
+
+@pytest.mark.parametrize(
+    "changes, extra, fragments",
+    [
+        ({"--arch": "torchvision:resnet34"}, [], ["is not a torchvision:resnet34 checkpoint", "first difference"]),
+        ({"--arch": "torchvision:vgg16"}, [], ["Invalid value for '--arch'", "timm:<resnet name>"]),
+        ({"--arch": "timm:vit_base_patch16_224"}, [], ["unknown architecture 'timm:vit_base_patch16_224'"]),
+        ({"--data-dir": "four"}, [], ["3 output classes but the data (imagefolder) has 4 (c0, c1, c2, ...)"]),
+        ({"--data-dir": "gray"}, [], ["takes 3-channel images but the data (imagefolder) has 1"]),
+        ({}, ["--mean", "0.5", "0.5"], ["--mean has 2 values; give one per image channel"]),
+        ({}, ["--std", "0.2", "0.2", "0.2", "0.2"], ["--std has 4 values; give one per image channel"]),
+        ({}, ["--std", "0", "1", "1"], ["--std", "must be positive"]),
+        ({"--arch": None}, [], ["--checkpoint needs --arch"]),
+        ({}, ["--run", "RUN"], ["give exactly one of --run DIR", "or --checkpoint FILE --arch ARCH"]),
+    ],
+    ids=[
+        "other-arch",
+        "unknown-arch",
+        "unknown-timm",
+        "other-classes",
+        "grayscale",
+        "mean-2",
+        "std-4",
+        "std-0",
+        "no-arch",
+        "run-and-checkpoint",
+    ],
+)
+@pytest.mark.parametrize("command", ["cpcnn", "cluster"])
+def test_own_model_mismatches_are_one_line(command, changes, extra, fragments, own_model, tmp_path, capsys):
+    given = {
+        "--checkpoint": own_model["checkpoint"],
+        "--arch": OWN_ARCH,
+        "--data": "imagefolder",
+        "--data-dir": "three",
+    }
+    given.update(changes)
+    given["--data-dir"] = own_model[given["--data-dir"]]
+    out = tmp_path / "out"
+    options = [item for option, value in given.items() if value is not None for item in (option, value)]
+    extra = [tmp_path if arg == "RUN" else arg for arg in extra]
+    code, _, err = run_cli([command, *options, *extra, "--out", out, "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, *fragments)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["cpcnn", "--out", "OUT"], ["give exactly one of --run DIR"]),
+        (["cpcnn", "--run", "RUN", "--image-size", "32"], ["--image-size cannot be used with --run"]),
+        (["cpcnn", "--run", "RUN", "--data", "digits"], ["--data cannot be used with --run"]),
+        (["cpcnn", "--checkpoint", "/no/such.pt", "--arch", OWN_ARCH], ["'--checkpoint'", "does not exist"]),
+        (["cpcnn", "--run", "RUN", "--clusters-file", "/no/clusters.json"], ["'--clusters-file'", "does not exist"]),
+        (
+            ["cluster", "--checkpoint", "CKPT", "--arch", OWN_ARCH, "--data", "imagefolder"],
+            ["--checkpoint needs --out"],
+        ),
+        (["train", *TINY, "--mean", "0.5", "0.5", "0.5"], ["--mean/--std need 1 value(s) each", "--mean has 3"]),
+    ],
+    ids=[
+        "neither",
+        "run-and-image-size",
+        "run-and-data",
+        "no-checkpoint",
+        "no-clusters-file",
+        "cluster-no-out",
+        "mean-3-of-1",
+    ],
+)
+def test_source_options_are_refused_before_anything_is_written(args, fragments, tiny_run, own_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    swap = {"RUN": tiny_run, "CKPT": own_model["checkpoint"], "OUT": out}
+    args = [swap.get(arg, arg) for arg in args]
+    code, _, err = run_cli([*args, *(["--out", out] if "--out" not in args and args[0] != "cluster" else [])], capsys)
+    assert_one_line_error(code, err, *fragments)
+    assert not out.exists()

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,8 +34,9 @@ def assert_one_line_error(code, err, *fragments):
 
 def test_train_eval_and_flops_on_a_run(tmp_path, capsys):
     out = tmp_path / "run"
-    code, stdout, _ = run_cli(["train", *TINY, "--epochs", "2", "--out", str(out)], capsys)
-    assert code == 0 and "calibration top-1" in stdout
+    code, stdout, _ = run_cli(["train", *TINY, "--epochs", "2", "--out", str(out), "--json"], capsys)
+    summary = json.loads(stdout)
+    assert code == 0 and summary["out"] == str(out) and 0 < summary["calib"]["top1"] <= 1
     for name in ("run.json", "model.safetensors", "checkpoint.pt", "metrics.json", "metrics.jsonl", "splits.json"):
         assert (out / name).exists(), name
     code, stdout, _ = run_cli(["eval", "--run", str(out), "--json"], capsys)
@@ -61,7 +63,7 @@ def test_flops_contract_for_resnet18_imagenet(capsys):
             ["train", "--data", "fashion-mnist", "--data-dir", "/nonexistent/fm"],
             ["/nonexistent/fm", "apt-get install dataset-fashion-mnist"],
         ),
-        (["train", "--data", "mnist-typo"], ["mnist-typo"]),
+        (["train", "--data", "mnist-typo"], ["'mnist-typo' is not one of", "'fashion-mnist'"]),
         (["train", "--bogus-option"], ["--bogus-option"]),
         (["train", *TINY, "--epochs", "0"], ["--epochs"]),
         (["eval", "--run", "/nonexistent/run"], ["/nonexistent/run", "dynacnn train"]),
@@ -127,3 +129,158 @@ def test_version_matches_the_package_metadata(capsys):
     code, stdout, _ = run_cli(["--version"], capsys)
     assert code == 0 and stdout.strip() == f"dynacnn {dynacnn.__version__}"
     assert version("dynacnn") == dynacnn.__version__
+
+
+# ------------------------------------------------------------------------------------ the command line as a whole
+
+FIGURE_COMMANDS = ("train", "eval", "flops", "cluster", "cpcnn", "mscnn", "demo", "bench", "export", "run")
+DATA_COMMANDS = ("train", "cluster", "cpcnn", "mscnn", "demo")
+
+
+def commands():
+    import typer
+
+    from dynacnn.cli import app
+
+    return typer.main.get_command(app).commands
+
+
+def options(command: str) -> dict[str, object]:
+    """Option name -> parameter, for every name (aliases included) of a command's options."""
+    return {name: param for param in commands()[command].params for name in [*param.opts, *param.secondary_opts]}
+
+
+def test_help_shows_each_commands_whole_summary(capsys):
+    code, stdout, _ = run_cli(["--help"], capsys)
+    listed = dict(line.split(None, 1) for line in stdout.split("Commands:")[1].strip().splitlines())
+    assert code == 0 and set(listed) == set(commands()) == set(FIGURE_COMMANDS)
+    for name, command in commands().items():
+        summary = command.help.split("\n")[0].strip()
+        assert listed[name].strip() == summary and "." not in summary, (name, listed[name])
+
+
+def test_the_command_lines_choices_are_the_packages():
+    from dynacnn.cli import options as cli
+    from dynacnn.cpcnn.clustering import EDGE_WEIGHTS, SIMILARITIES
+    from dynacnn.cpcnn.compress import SPLIT_POINTS
+    from dynacnn.data import DATASETS
+    from dynacnn.models.external import ARCH_CHOICES
+    from dynacnn.models.layout import MEMORY_FORMATS
+    from dynacnn.models.resnet import STAGE_BLOCKS, STEMS
+    from dynacnn.mscnn.execute import FC_ROWS
+    from dynacnn.train import PRECISIONS, SCHEDULES
+
+    assert cli.DATASETS == DATASETS and cli.SPLITS == SPLIT_POINTS and cli.PRECISIONS == PRECISIONS
+    assert cli.ARCHS == tuple(STAGE_BLOCKS) and cli.STEMS == STEMS and cli.SCHEDULES == SCHEDULES
+    assert cli.MEMORY_FORMATS == ("auto", *MEMORY_FORMATS) and set(cli.FC_ROWS) == set(FC_ROWS)
+    assert cli.SIMILARITIES == SIMILARITIES and cli.EDGE_WEIGHTS == EDGE_WEIGHTS
+    assert set(cli.EXTERNAL_ARCHS) == {arch for arch in ARCH_CHOICES if arch.startswith("torchvision:")}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--data", "imagenet"],
+        ["train", "--arch", "resnet99"],
+        ["train", "--stem", "tiny"],
+        ["train", "--schedule", "linear"],
+        ["train", "--precision", "fp8"],
+        ["flops", "--stem", "tiny"],
+        ["cluster", "--run", "r", "--similarity", "cosine"],
+        ["cluster", "--run", "r", "--edge-weights", "soft"],
+        ["cpcnn", "--run", "r", "--split", "layer4"],
+        ["cpcnn", "--run", "r", "--memory-format", "nhwc"],
+        ["cpcnn", "--checkpoint", __file__, "--arch", "torchvision:vgg16"],
+        ["cpcnn", "--checkpoint", __file__, "--arch", "timm:"],
+        ["mscnn", "--fc-rows", "rows"],
+        ["demo", "--data", "mnist"],
+    ],
+    ids=lambda args: f"{args[0]}{args[-2]}",
+)
+def test_fixed_value_options_are_checked_when_parsed(args, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = run_cli([*args, *(["--out", str(out)] if args[0] != "flops" else [])], capsys)
+    assert_one_line_error(code, err, f"Invalid value for '{args[-2]}'", repr(args[-1]), f"dynacnn {args[0]} --help")
+    assert not out.exists()
+
+
+def test_the_same_options_on_every_command_that_takes_them():
+    for command in FIGURE_COMMANDS:
+        assert "--json" in options(command), command
+    for command in DATA_COMMANDS:
+        assert {"--data", "--data-dir", "--image-size", "--mean", "--std", "--stream", "--out"} <= set(options(command))
+    for command in ("train", "cpcnn", "mscnn", "demo"):
+        assert "--precision" in options(command), command
+    for command, default in (("train", True), ("mscnn", False)):
+        found = options(command)
+        assert found["--no-augment"] is found["--augment"] and found["--augment"].default is default
+    for command, alias in (("cpcnn", "--clusters"), ("cluster", "--n-clusters")):
+        found = options(command)
+        assert found[alias] is found["--hyper-classes"]
+    for command in ("eval", "flops", "cluster", "cpcnn"):
+        assert "--run" in options(command)
+    assert "--demo-dir" in options("bench")
+
+
+def test_shell_completion_offers_the_choices_without_importing_torch():
+    code = "import atexit, sys; atexit.register(lambda: print('torch' in sys.modules)); from dynacnn.cli import main; main()"
+    env = {**os.environ, "_DYNACNN_COMPLETE": "complete_bash", "COMP_CWORD": "3"}
+    for words, cword, expected in (
+        ("dynacnn cpcnn --split l", "3", ["layer1", "layer2", "layer3"]),
+        ("dynacnn cl", "1", ["cluster"]),
+    ):
+        env.update(COMP_WORDS=words, COMP_CWORD=cword)
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert done.returncode == 0 and done.stdout.split() == [*expected, "False"], (done.stdout, done.stderr)
+
+
+@pytest.mark.parametrize(
+    "args, spread",
+    [
+        (
+            ["--mean", "0.5", "0.4", "0.3", "--out", "o"],
+            ["--mean", "0.5", "--mean", "0.4", "--mean", "0.3", "--out", "o"],
+        ),
+        (["--std=0.2,0.1", "0.3"], ["--std", "0.2", "--std", "0.1", "--std", "0.3"]),
+        (["--mean", "-1", "--std", "2"], ["--mean", "-1", "--std", "2"]),
+        (["--mean", "--std", "2"], ["--mean", "--std", "2"]),
+        (["--out", "", "--epochs", "3"], ["--out", "", "--epochs", "3"]),
+    ],
+)
+def test_one_value_per_channel_after_mean_and_std(args, spread):
+    from dynacnn.cli import spread_per_channel
+
+    assert spread_per_channel(args) == spread
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    main_args = ["train", *TINY, "--batch-size", "32", "--train-limit", "60", "--epochs", "1", "--out", str(out)]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*main_args, "--device", "cpu"])
+        raise SystemExit(0)
+    assert not exit_info.value.code
+    return out
+
+
+def test_cpcnn_uses_the_clusters_that_cluster_wrote(tiny_run, tmp_path, capsys):
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    code, stdout, _ = run_cli(["cluster", "--run", str(run), "--hyper-classes", "3", "--json"], capsys)
+    made = json.loads(stdout)
+    assert code == 0 and made["n_clusters"] == 3 and (run / "clusters.json").exists()
+    groups = [group["names"] for group in made["hyper_classes"]]
+
+    out = tmp_path / "cpcnn"
+    code, _, err = run_cli(["cpcnn", "--run", str(run), "--hyper-classes", "2", "--out", str(out)], capsys)
+    assert_one_line_error(code, err, str(run / "clusters.json"), "holds 3 hyper-classes but --hyper-classes 2")
+    assert not out.exists()
+
+    fixed = "clustifier:LP,C0:LP,C1:LP,C2:LP"
+    args = ["--split", "layer3", "--configs", fixed, "--tau", "0.9", "--epochs", "1", "--memory-format", "contiguous"]
+    code, stdout, _ = run_cli(["cpcnn", "--run", str(run), *args, "--device", "cpu", "--out", str(out)], capsys)
+    assert (
+        code == 0
+        and stdout.splitlines()[0] == f"hyper-classes from {run / 'clusters.json'} (written by `dynacnn cluster`)"
+    )
+    assert json.loads((out / "cpcnn.json").read_text())["clusters"] == groups

@@ -112,7 +112,15 @@ def test_tensor_batches_cover_every_sample_once():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"epochs": 0}, {"batch_size": 0}, {"lr": -1.0}, {"schedule": "step"}, {"label_smoothing": 1.0}]
+    "kwargs",
+    [
+        {"epochs": 0},
+        {"batch_size": 0},
+        {"lr": -1.0},
+        {"schedule": "step"},
+        {"label_smoothing": 1.0},
+        {"precision": "fp8"},
+    ],
 )
 def test_bad_train_config_is_a_clear_error(kwargs):
     with pytest.raises(ConfigError):

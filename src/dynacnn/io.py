@@ -1,4 +1,4 @@
-"""Crash-safe artifact writing: temporary file, fsync, rename."""
+"""Crash-safe artifact writing: temporary file, fsync, rename; under torchrun by rank 0 alone, the others wait."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dynacnn.distributed import barrier, is_main
 from dynacnn.errors import DynacnnError
 
 _UMASK = os.umask(0)
@@ -20,8 +21,9 @@ def ensure_dir(path: str | os.PathLike) -> Path:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-", delete=True)
-        probe.close()
+        if is_main():  # under torchrun the only rank that writes there
+            probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-", delete=True)
+            probe.close()
     except OSError as exc:
         raise DynacnnError(
             f"cannot write to output directory {path}: {exc.strerror or exc}; choose another --out"
@@ -32,9 +34,19 @@ def ensure_dir(path: str | os.PathLike) -> Path:
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
     """Call `write(fileobj)` on a temporary file beside `path`, fsync it, then rename over `path`.
 
-    If anything fails (disk full, kill), the previous file at `path` is left untouched.
+    If anything fails (disk full, kill), the previous file at `path` is left untouched. Under torchrun every rank
+    calls this alike: rank 0 writes, and every rank returns once the file is in place (`distributed.barrier`), so
+    a read after a write sees the new file on every rank.
     """
     path = Path(path)
+    if is_main():
+        _write_here(path, write, mode)
+    barrier()
+    return path
+
+
+def _write_here(path: Path, write: Callable[[Any], None], mode: str) -> None:
+    """`atomic_write`'s work in this process."""
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
@@ -64,7 +76,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
             os.close(dir_fd)
     except OSError:
         pass
-    return path
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

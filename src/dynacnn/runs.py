@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from dynacnn.data import load_dataset
-from dynacnn.errors import CheckpointError
+from dynacnn.distributed import broadcast_object, world_size
+from dynacnn.errors import CheckpointError, ConfigError
 from dynacnn.io import read_json, write_bytes, write_json
 from dynacnn.models import build_resnet
 
@@ -35,9 +36,18 @@ class ModelSpec:
         return build_resnet(self.arch, self.num_classes, self.in_channels, self.width, self.stem)
 
 
+RUNTIME_OPTIONS = ("num_workers",)
+"""Data options that change how fast the data comes, not what it is: `DataSpec.load` may override them."""
+
+
 @dataclass
 class DataSpec:
-    """How the run's dataset and splits were made (the splits are re-derived from it, deterministically)."""
+    """How the run's dataset and splits were made (the splits are re-derived from it, deterministically).
+
+    `options` are `load_dataset`'s: `image_size`, `mean`, `std` (the model's input size and normalisation),
+    `train_limit`, `test_limit`, and per dataset e.g. `stream`, `crop_fraction`; kept as plain JSON values (a tuple
+    becomes a list) so that a spec read back from run.json equals the one written.
+    """
 
     name: str = "fashion-mnist"
     data_dir: str | None = None
@@ -45,10 +55,18 @@ class DataSpec:
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
 
-    def load(self):
-        return load_dataset(
-            self.name, self.data_dir, calib_fraction=self.calib_fraction, seed=self.seed, **self.options
-        )
+    def __post_init__(self) -> None:
+        self.options = json.loads(json.dumps(self.options))
+
+    def load(self, **runtime: Any):
+        """The dataset and its splits; `runtime` overrides `RUNTIME_OPTIONS` of a streamed dataset (e.g. num_workers
+        on another machine; ignored for data in memory)."""
+        odd = sorted(set(runtime) - set(RUNTIME_OPTIONS))
+        if odd:
+            raise ConfigError(f"{', '.join(odd)} would change the run's data; only {', '.join(RUNTIME_OPTIONS)} may")
+        given = {key: value for key, value in runtime.items() if value is not None and self.options.get("stream")}
+        options = {**self.options, **given}
+        return load_dataset(self.name, self.data_dir, calib_fraction=self.calib_fraction, seed=self.seed, **options)
 
 
 def save_weights(path: str | Path, module: nn.Module) -> None:
@@ -95,7 +113,8 @@ def save_run(
     data_spec: DataSpec,
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write `model.safetensors` and `run.json` (format version, specs, extra metadata)."""
+    """Write `model.safetensors` and `run.json` (format version, specs, the number of processes that trained it,
+    extra metadata)."""
     run_dir = Path(run_dir)
     save_weights(run_dir / "model.safetensors", model)
     write_json(
@@ -104,6 +123,7 @@ def save_run(
             "format_version": RUN_FORMAT_VERSION,
             "model": asdict(model_spec),
             "data": asdict(data_spec),
+            "world_size": world_size(),
             **(extra or {}),
         },
     )
@@ -132,11 +152,13 @@ def remembered(path: Path, key: str, identity: dict[str, Any], resume: bool, com
     """`compute()`, stored under `key` in `path`; with `resume`, the stored value if its identity matches.
 
     Choices made by measured time (memory format, split point) are made once per output directory, so a
-    resumed run repeats the interrupted run's choices instead of re-timing them (same result)."""
+    resumed run repeats the interrupted run's choices instead of re-timing them (same result). Under torchrun every
+    rank computes (any training inside is collective) and rank 0's value is every rank's: ranks that timed
+    differently still build the same models."""
     stored = read_json(path) if path.exists() else {}
     entry = stored.get(key)
     if resume and isinstance(entry, dict) and entry.get("identity") == json.loads(json.dumps(identity)):
         return entry["value"]
-    value = compute()
+    value = broadcast_object(compute())
     write_json(path, {**stored, key: {"identity": identity, "value": value}})
     return json.loads(json.dumps(value))

@@ -26,8 +26,10 @@ BAD = [
     ("distill", -0.1), ("distill", 1.5), ("head_distill", 2), ("head_distill", None),
     ("head_tolerance", -1), ("head_tolerance", 100.5), ("head_tolerance", True),
     ("memory_format", "nhwc"), ("memory_format", None), ("memory_format", ["channels_last"]),
+    ("feature_memory", "lots"), ("feature_memory", -1), ("feature_memory", 1.5),
+    ("precision", "fp8"), ("precision", None),
 ]  # fmt: skip
-OPTION_NAMES = {"n_clusters": "--clusters", "rule": "activation rule", "split": "split point"}
+OPTION_NAMES = {"n_clusters": "--hyper-classes", "rule": "activation rule", "split": "split point"}
 
 
 @pytest.mark.parametrize(("field", "value"), BAD)
@@ -44,7 +46,7 @@ def test_every_field_has_a_bad_value_above():
 
 def test_the_hyper_class_count_is_bounded_by_the_data_when_it_is_known():
     CPCNNConfig(n_clusters=11).validate()
-    with pytest.raises(ConfigError, match=r"--clusters 11 .*\[2, 10\]"):
+    with pytest.raises(ConfigError, match=r"--hyper-classes 11 .*\[2, 10\]"):
         CPCNNConfig(n_clusters=11).validate(num_classes=10)
 
 

@@ -1,4 +1,5 @@
-"""Routed CP-CNN: routed == dense, per-image MACs == what the flop counter saw run, trivial heads, torchvision input."""
+"""Routed CP-CNN: routed == dense, per-image MACs == what the flop counter saw run, trivial heads, torchvision input;
+forward returns the probabilities, route the details."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def model() -> CPCNN:
 def test_routed_equals_dense_and_macs_match_the_flop_counter(model, tau, rule, weighting):
     model.set_policy(tau, rule, weighting)
     x = torch.randn(37, *SHAPE, generator=torch.Generator().manual_seed(1))
-    routed = model(x)
+    routed = model.route(x)
     dense = model.forward_dense(x)
     assert torch.allclose(routed.probs, dense.probs, atol=1e-6)
     assert torch.equal(routed.active, dense.active)
@@ -62,7 +63,7 @@ def test_routed_equals_dense_and_macs_match_the_flop_counter(model, tau, rule, w
 def test_heads_no_image_activates_cost_nothing(model):
     model.set_policy(0.01, "top")
     x = torch.randn(5, *SHAPE)
-    routed = model(x)
+    routed = model.route(x)
     executed, _ = count_call_macs(model, x)
     assert routed.active.sum(1).eq(1).all()
     assert executed == int(routed.macs.sum()) < 5 * (model.fixed_macs + int(model.head_macs.sum()))
@@ -72,7 +73,7 @@ def test_trivial_head_returns_its_weight_for_its_class_at_zero_cost(model):
     assert model.head_macs[1] == 0
     model.set_policy(1.0, "top", "clustifier")
     x = torch.randn(4, *SHAPE)
-    routed = model(x)
+    routed = model.route(x)
     with torch.inference_mode():
         v = torch.softmax(model.clustifier(model.shared(x)), dim=1)
     assert torch.allclose(routed.probs[:, 1], v[:, 1], atol=1e-6)
@@ -84,7 +85,7 @@ def test_torchvision_resnet18_instance_converts():
     shape = (3, 32, 32)
     model = _cpcnn(backbone, "layer3", ("L1", None, "LP", "L0"), shape).set_policy(1.0)
     x = torch.randn(6, *shape)
-    routed = model(x)
+    routed = model.route(x)
     assert torch.allclose(routed.probs, model.forward_dense(x).probs, atol=1e-6)
     assert count_call_macs(model, x)[0] == int(routed.macs.sum())
 
@@ -107,7 +108,7 @@ def test_bad_structure_is_refused():
 def test_channels_last_routing_keeps_the_format_and_the_result(model):
     model.set_policy(0.6, "top", "clustifier")
     x = torch.randn(19, *SHAPE, generator=torch.Generator().manual_seed(2))
-    expected = model(x)
+    expected = model.route(x)
     fast = _cpcnn(build_resnet("resnet18", 9, 3, 0.125, "small").eval())
     fast.load_state_dict(model.state_dict())
     fast.set_policy(0.6, "top", "clustifier").to(memory_format=torch.channels_last)
@@ -116,7 +117,7 @@ def test_channels_last_routing_keeps_the_format_and_the_result(model):
         head.register_forward_pre_hook(
             lambda _, args: formats.append(args[0].is_contiguous(memory_format=torch.channels_last))
         )
-    routed = fast(x.contiguous(memory_format=torch.channels_last))
+    routed = fast.route(x.contiguous(memory_format=torch.channels_last))
     assert formats and all(formats)
     assert torch.allclose(routed.probs, expected.probs, atol=1e-5)
     assert torch.equal(routed.macs, expected.macs)
@@ -127,6 +128,29 @@ def test_folded_batchnorms_route_alike(model):
     x = torch.randn(23, *SHAPE, generator=torch.Generator().manual_seed(3))
     folded = fold_batchnorm(model)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
-    routed, expected = folded(x), model(x)
+    routed, expected = folded.route(x), model.route(x)
     assert torch.allclose(routed.probs, expected.probs, atol=1e-5)
     assert torch.equal(routed.active, expected.active) and torch.equal(routed.macs, expected.macs)
+
+
+def test_forward_is_a_plain_classifier_returning_the_routed_probabilities(model):
+    model.set_policy(0.6, "confusion", "eq3")
+    x = torch.randn(11, *SHAPE, generator=torch.Generator().manual_seed(4))
+    probs = model(x)
+    assert isinstance(probs, torch.Tensor) and probs.shape == (11, 9) and probs.dtype == torch.float32
+    assert torch.equal(probs, model.route(x).probs)
+    probs[:, 0] = 0  # an ordinary tensor: user code may modify it
+    executed, _ = count_call_macs(model, x)
+    assert executed == int(model.route(x).macs.sum())
+
+
+def test_routing_under_autocast_stays_float32_and_close(model):
+    model.set_policy(1.0, "top", "eq3")
+    x = torch.randn(16, *SHAPE, generator=torch.Generator().manual_seed(5))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        routed = model.route(x)
+    expected = model.route(x)
+    assert routed.probs.dtype == torch.float32
+    torch.testing.assert_close(routed.probs.sum(1), torch.ones(16))
+    assert torch.equal(routed.active, expected.active)
+    assert (routed.probs - expected.probs).abs().max() < 0.05

@@ -11,11 +11,12 @@ import torch
 from dynacnn.cpcnn.config import CPCNNConfig, parse_configs
 from dynacnn.cpcnn.discover import hyper_classes
 from dynacnn.cpcnn.explore import TABLE2_TAUS, choose_tau, pick_cheapest
+from dynacnn.cpcnn.model import CPCNN
 from dynacnn.cpcnn.pipeline import convert, run_cpcnn
 from dynacnn.cpcnn.serialize import load_cpcnn
 from dynacnn.data import normalize
 from dynacnn.errors import CheckpointError, ConfigError
-from dynacnn.io import write_json
+from dynacnn.io import read_json, write_json
 from dynacnn.runs import DataSpec, ModelSpec, save_run
 from dynacnn.train import ImageBatches, TrainConfig, fit
 
@@ -93,12 +94,12 @@ def test_writes_every_artifact(converted):
         assert heading in markdown
 
 
-def test_cpcnn_json_has_the_required_keys_and_units(converted):
+def test_cpcnn_json_has_the_required_keys_and_units(converted, base_run):
     out, result = converted
+    class_names = base_run[1].info.class_names
     assert json.loads((out / "cpcnn.json").read_text()) == json.loads(json.dumps(result))
     assert set(result["base"]) >= {"top1", "macs_per_image"}
-    assert result["clusters"] == [[f"g{_}" for _ in []] or names for names in result["clusters"]]
-    assert [len(names) for names in result["clusters"]] == [len(group) for group in MEMBERS]
+    assert result["clusters"] == [[class_names[c] for c in group] for group in MEMBERS]
     assert [row["tau"] for row in result["sweep"]] == list(TABLE2_TAUS)
     for row in result["sweep"]:
         assert set(row) >= {"tau", "top1", "macs_per_image", "activated_hist"}
@@ -126,7 +127,7 @@ def test_reloaded_model_reproduces_the_chosen_point(base_run, converted):
     out, result = converted
     _, data, _ = base_run
     model = load_cpcnn(out)
-    routed = model(normalize(data.test.images, data.info))
+    routed = model.route(normalize(data.test.images, data.info))
     assert model.tau == result["chosen"]["tau"]
     assert (routed.probs.argmax(1) == data.test.labels).double().mean().item() == pytest.approx(
         result["chosen"]["top1"]
@@ -141,7 +142,9 @@ def test_resume_reuses_finished_components(base_run, converted):
     stamps = [path.stat().st_mtime_ns for path in components]
     configs = result["configs"]
     fixed = f"clustifier:{configs['clustifier']},C0:{configs['heads'][0]},C1:{configs['heads'][1]}"
-    again = convert(model, data, out, replace(QUICK, split=result["split"], configs=fixed), device="cpu", resume=True)
+    routed = convert(model, data, out, replace(QUICK, split=result["split"], configs=fixed), device="cpu", resume=True)
+    assert isinstance(routed, CPCNN) and not routed.training and routed.tau == result["chosen"]["tau"]
+    again = read_json(out / "cpcnn.json")
     assert [path.stat().st_mtime_ns for path in components] == stamps
     assert again["configs"] == result["configs"]
 
@@ -155,7 +158,7 @@ def test_bad_input_is_refused_before_any_work(base_run, tmp_path):
     with pytest.raises(ConfigError, match="max_drop"):
         convert(model, data, tmp_path, CPCNNConfig(max_drop=-1))
     for bad in (1, 7, 2.5, True):
-        with pytest.raises(ConfigError, match="--clusters"):
+        with pytest.raises(ConfigError, match="--hyper-classes"):
             convert(model, data, tmp_path, CPCNNConfig(n_clusters=bad))
     wrong = ModelSpec("resnet18", 0.125, "small", 4, 1)
     with pytest.raises(ConfigError, match="classes"):
@@ -240,11 +243,13 @@ def test_resume_reuses_redoes_or_refuses_as_the_config_changes(base_run, tmp_pat
     def stamps() -> dict[str, int]:
         return {path.name: path.stat().st_mtime_ns for path in sorted((tmp_path / "components").glob("*.json"))}
 
-    first = convert(model, data, tmp_path, config, device="cpu")
+    convert(model, data, tmp_path, config, device="cpu")
+    first = read_json(tmp_path / "cpcnn.json")
     before = stamps()
     assert len(before) == 6  # clustifier LC, LP; heads h0 and h1 in LC, LP
     assert first["settings"] == {**config.to_dict(), **{k: first["settings"][k] for k in SETTINGS_EXTRA}}
-    again = convert(model, data, tmp_path, replace(config, max_drop=4.0), device="cpu", resume=True)
+    convert(model, data, tmp_path, replace(config, max_drop=4.0), device="cpu", resume=True)
+    again = read_json(tmp_path / "cpcnn.json")
     assert stamps() == before
     assert again["chosen"]["max_drop"] == 4.0 and again["configs"] == first["configs"]
     choices = json.loads((tmp_path / "timing_choices.json").read_text())

@@ -67,14 +67,24 @@ def test_minimum_set_eq1(inputs, rule):
     """Eq. 1: the set's v exceeds tau (unless it is everything), and dropping the last one added would not."""
     v, confusion, tau = inputs
     active, _ = activate(v, confusion, tau, rule)
-    for row, mask in zip(v, active):
+    for row, column, mask in zip(v, confusion.t()[v.argmax(1)], active):
         total = row[mask].sum().item()
         if not mask.all():
             assert total > tau
         if mask.sum() > 1:
-            smallest_extra = row[mask].min().item() if rule == "top" else None
-            if smallest_extra is not None:
-                assert total - smallest_extra <= tau + 1e-12
+            assert total - row[last_added(row, column, mask, rule)].item() <= tau + 1e-12
+
+
+def last_added(v: torch.Tensor, column: torch.Tensor, mask: torch.Tensor, rule: str) -> int:
+    """Alg. 1 written out for one image: the active hyper-class that joined the set last (never the argmax).
+
+    "top" adds by decreasing v; "confusion" adds by decreasing confusion[:, argmax], ties by decreasing v.
+    """
+    predicted = int(v.argmax())
+    extras = [g for g in range(len(v)) if mask[g] and g != predicted]
+    if rule == "top":
+        return min(extras, key=lambda g: v[g].item())
+    return min(extras, key=lambda g: (column[g].item(), v[g].item()))
 
 
 @SETTINGS

@@ -76,8 +76,8 @@ def test_bad_calib_fraction(fraction: object) -> None:
 def test_bad_names_and_options() -> None:
     with pytest.raises(ConfigError, match="fashion-mnist, cifar10"):
         load_dataset("mnist")
-    with pytest.raises(ConfigError, match="no option image_size.*train_limit"):
-        load_dataset("digits", image_size=8)
+    with pytest.raises(ConfigError, match="no option stream.*train_limit"):
+        load_dataset("digits", stream=True)
     with pytest.raises(ConfigError, match="train_limit"):
         load_dataset("digits", train_limit=0)
     assert DATASETS == ("fashion-mnist", "cifar10", "cifar100", "imagefolder", "digits", "synthetic")

@@ -81,7 +81,8 @@ def test_resume_reuses_the_finished_training(run) -> None:
     again = run_mscnn(out, RUN, data="synthetic", data_options=DATA, device="cpu", resume=True)
     assert again["stages"] == result["stages"]
     model = load_mscnn(out)
-    assert isinstance(model, MSCNN) and model.config == CONFIG
+    assert isinstance(model.network, MSCNN) and model.network.config == CONFIG
+    assert model.policy.settings() == result["chosen"]["settings"]
 
 
 def test_bad_arguments(tmp_path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from dynacnn.errors import ConfigError
@@ -163,10 +163,59 @@ def test_cap_fc_invariants(seed: int, p_th: list[int]) -> None:
     torch.testing.assert_close(decision.probs.sum(1), torch.ones(decision.probs.shape[0]))
 
 
+def pthp_one_image(logits: torch.Tensor, d_ct: list[float], s_th: list[float], top_c: int, stop: int) -> tuple:
+    """Alg. 4 for one image (S, K), written out with Python lists: (exit stage, kept labels per stage run)."""
+    labels = list(range(logits.shape[1]))
+    kept = []
+    for stage in range(logits.shape[0]):
+        kept.append(len(labels))
+        probs = logits[stage, labels].double().softmax(0).tolist()
+        if stage == logits.shape[0] - 1:
+            return stage, kept
+        confident = min(1.0, sum(sorted(probs, reverse=True)[:top_c])) > d_ct[stage]
+        ranked = sorted(range(len(labels)), key=lambda i: -probs[i])
+        chosen, total = [], 0.0
+        for i in ranked:
+            if chosen and total >= s_th[stage]:
+                break
+            chosen.append(labels[i])
+            total += probs[i]
+        labels = sorted(chosen)
+        if confident or len(labels) <= stop:
+            return stage, kept
+    raise AssertionError("unreachable")
+
+
 @settings(max_examples=40, deadline=None)
-@given(st.integers(0, 2**16), thresholds, st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3), st.integers(0, 3))
-def test_pthp_invariants(seed: int, d_ct: list[float], s_th: list[float], stop: int) -> None:
-    decision = simulate(random_logits(seed), pthp_policy(tuple(d_ct), tuple(s_th), STAGES, CLASSES, 1, stop))
+@given(
+    st.integers(0, 2**16),
+    thresholds,
+    st.lists(st.floats(0.0, 0.99), min_size=3, max_size=3),
+    st.integers(1, CLASSES - 1),
+    st.one_of(st.none(), st.integers(0, CLASSES - 1)),
+)
+@example(seed=0, d_ct=[1.01] * 3, s_th=[0.9] * 3, top_c=3, stop=None)
+def test_pthp_matches_alg4_per_image(seed: int, d_ct: list[float], s_th: list[float], top_c: int, stop) -> None:
+    """The batched PTHP equals Alg. 4 run image by image, for every C and stop rule (default: stop at C labels)."""
+    logits = random_logits(seed, batch=48)
+    policy = pthp_policy(tuple(d_ct), tuple(s_th), STAGES, CLASSES, top_c, stop)
+    decision = simulate(logits, policy)
+    for image in range(logits.shape[1]):
+        stage, kept = pthp_one_image(logits[:, image], d_ct, s_th, top_c, top_c if stop is None else stop)
+        assert decision.exit_stage[image].item() == stage
+        assert decision.kept[: len(kept), image].tolist() == kept
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(0, 2**16),
+    thresholds,
+    st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3),
+    st.integers(1, CLASSES - 1),
+    st.integers(0, CLASSES - 1),
+)
+def test_pthp_invariants(seed: int, d_ct: list[float], s_th: list[float], top_c: int, stop: int) -> None:
+    decision = simulate(random_logits(seed), pthp_policy(tuple(d_ct), tuple(s_th), STAGES, CLASSES, top_c, stop))
     kept = decision.kept
     ran = kept > 0
     assert torch.equal(ran.sum(0) - 1, decision.exit_stage)

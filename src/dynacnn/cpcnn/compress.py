@@ -1,7 +1,8 @@
 """§3.1 and Table 1 of CP-CNN: the shared part S and the family of compressed micro-CNN configurations.
 
 A backbone is any ResNet with torchvision's attribute names (conv1, bn1, relu, maxpool, layer1..layer4,
-avgpool, fc): ours (`dynacnn.models`) or a torchvision `resnet18(num_classes=K)` instance.
+avgpool, fc), of BasicBlocks or bottlenecks: ours (`dynacnn.models`), a torchvision ResNet, or a timm ResNet
+behind `dynacnn.models.TimmResNet` (`dynacnn.models.build_external` / `load_backbone` make the latter two).
 
 Shared part S (`shared_part`): copies of the stem and of the stages up to the split point ("stem",
 "layer1", "layer2" or "layer3"), frozen, in eval mode. Every later stage belongs to the heads.
@@ -16,6 +17,9 @@ Table 1 draws a block spanning two stages in both stages' rows; that reading is 
 match the paper's reductions (see `table1_reduction`). Widths are written as stage indices: (4, 4, 1) is
 (c4, c4, c1), c_i being the backbone's width of layer i (64, 128, 256, 512 for ResNet-18), so the table
 transfers to narrower backbones; as in the paper, the last block ends with c1 channels.
+Bottleneck backbones (ResNet-50, ...): c_i is stage i's base width, its output channels over the blocks'
+expansion (64, 128, 256, 512 for ResNet-50), so Table 1 builds the same blocks as for ResNet-18; a block's
+input is what really precedes it (1024 channels after layer3 of ResNet-50), and LC's convolution goes to c_i.
 Stride (§3.1 spatial rule): from the replaced stages' input and output sizes, each halving (rounded up,
 as a padded 3x3 convolution does) is one stride-2 3x3 convolution, taken by the block's first 3x3
 convolutions in order; a bottleneck can halve once, a bottleneck-compression block twice.
@@ -25,7 +29,7 @@ as in the paper, because a projection shortcut would add MACs that Table 1 does 
 Stages a configuration keeps are copied from the backbone with their trained weights and fine-tuned.
 
 Two small configurations are ours, not Table 1's, for the clustifier (and available to heads):
-"LC" = one 3x3 convolution to the next stage's width with its stride, BatchNorm, ReLU, average pool,
+"LC" = one 3x3 convolution to the next stage's width (c_i) with its stride, BatchNorm, ReLU, average pool,
 FC; "LP" = average pool + FC on S's output.
 """
 
@@ -41,14 +45,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from dynacnn.cpcnn.heads import BOTTLENECK, COMPRESSION, CompressedBlock, HyperClassHead
 from dynacnn.errors import ConfigError
 from dynacnn.flops import count_macs
-from dynacnn.models import build_resnet
+from dynacnn.models import ARCHITECTURES, build_external, build_resnet
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 SPLIT_POINTS = ("stem", *STAGES[:-1])
-BOTTLENECK, COMPRESSION = (1, 3, 1), (3, 1, 3)
-KERNEL_NAMES = {BOTTLENECK: "bottleneck", COMPRESSION: "bottleneck-compression"}
 
 Replacement = tuple[tuple[str, ...], tuple[int, int, int], tuple[int, int, int]]
 TABLE1: dict[str, tuple[Replacement, ...]] = {
@@ -89,6 +92,8 @@ PAPER_REDUCTION = {
 
 Under the printed headers L3 would save more than L4, which replaces a superset of L3's stages by the
 same blocks; read in this order, every value agrees with our count to within 0.4 points."""
+PAPER_ARCHS = ("resnet18", "torchvision:resnet18", "timm:resnet18")
+"""Architectures that are the paper's ResNet-18, so its Table 1 row applies."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,8 @@ def check_backbone(backbone: nn.Module) -> None:
     missing = [name for name in ("conv1", "bn1", "relu", "maxpool", *STAGES, "fc") if not hasattr(backbone, name)]
     if missing:
         raise ConfigError(
-            f"backbone {type(backbone).__name__} has no {', '.join(missing)}; pass a ResNet with torchvision's attribute names"
+            f"backbone {type(backbone).__name__} has no {', '.join(missing)}; pass a ResNet with torchvision's attribute "
+            "names (a timm ResNet through dynacnn.models.TimmResNet(model, 'timm:<name>') or build_external)"
         )
 
 
@@ -164,6 +170,15 @@ def stage_shapes(backbone: nn.Module, input_shape: Sequence[int]) -> dict[str, S
     return shapes
 
 
+def stage_widths(backbone: nn.Module, shapes: dict[str, StageShape]) -> dict[int, int]:
+    """Table 1's c_i: stage i's output channels over its blocks' expansion (1 for BasicBlocks, 4 for bottlenecks)."""
+    widths = {}
+    for index, name in enumerate(STAGES, start=1):
+        blocks = list(getattr(backbone, name).children()) or [getattr(backbone, name)]
+        widths[index] = shapes[name].out_shape[0] // int(getattr(blocks[-1], "expansion", 1))
+    return widths
+
+
 def shared_part(backbone: nn.Module, split: str) -> nn.Sequential:
     """S of §3.1: frozen copies of the backbone's stem and stages up to `split`."""
     check_backbone(backbone)
@@ -183,79 +198,21 @@ def available_configurations(split: str) -> tuple[str, ...]:
     return tuple(name for name, blocks in TABLE1.items() if all(set(b[0]) <= stages for b in blocks)) + SMALL_CONFIGS
 
 
-class CompressedBlock(nn.Module):
-    """§3.1: three conv-BN layers (1-3-1 bottleneck or 3-1-3 bottleneck-compression); the first `halvings` 3x3 convs have stride 2."""
-
-    def __init__(self, in_channels: int, widths: Sequence[int], kernels: Sequence[int], halvings: int = 0) -> None:
-        super().__init__()
-        threes = [index for index, kernel in enumerate(kernels) if kernel == 3]
-        if halvings > len(threes):
-            raise ConfigError(f"a block with {len(threes)} 3x3 convolution(s) cannot halve the size {halvings} times")
-        strides = [2 if index in threes[:halvings] else 1 for index in range(3)]
-        channels = [in_channels, *widths]
-        for index, (kernel, stride) in enumerate(zip(kernels, strides), start=1):
-            conv = nn.Conv2d(
-                channels[index - 1], channels[index], kernel, stride=stride, padding=kernel // 2, bias=False
-            )
-            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-            setattr(self, f"conv{index}", conv)
-            setattr(self, f"bn{index}", nn.BatchNorm2d(channels[index]))
-        self.relu = nn.ReLU(inplace=True)
-        self.step = 2**halvings
-        self.skip = in_channels == widths[-1]
-        if self.skip:
-            nn.init.zeros_(self.bn3.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.skip:
-            out = out + (x if self.step == 1 else x[:, :, :: self.step, :: self.step])
-        return self.relu(out)
-
-
-class Bottleneck(CompressedBlock):
-    """§3.1 bottleneck block (1x1, x; 3x3, y; 1x1, z)."""
-
-    def __init__(self, in_channels: int, widths: Sequence[int], halvings: int = 0) -> None:
-        super().__init__(in_channels, widths, BOTTLENECK, halvings)
-
-
-class BottleneckCompression(CompressedBlock):
-    """§3.1 bottleneck-compression block (3x3, x; 1x1, y; 3x3, z)."""
-
-    def __init__(self, in_channels: int, widths: Sequence[int], halvings: int = 0) -> None:
-        super().__init__(in_channels, widths, COMPRESSION, halvings)
-
-
-class HyperClassHead(nn.Module):
-    """A micro-CNN of Table 1 (or LC / LP) on S's output: stages, average pool, FC over its classes."""
-
-    def __init__(self, body: nn.Sequential, in_features: int, num_outputs: int) -> None:
-        super().__init__()
-        self.body = body
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_features, num_outputs)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.avgpool(self.body(x)), 1))
-
-
 def _body(backbone: nn.Module, split: str, name: str, shapes: dict[str, StageShape]) -> tuple[nn.Sequential, int]:
     """The stages after `split` for configuration `name`, and their output channels."""
     stages = head_stages(split)
     first = shapes[stages[0]]
+    widths = stage_widths(backbone, shapes)
     body = nn.Sequential()
     if name == "LP":
         return body, first.in_shape[0]
     if name == "LC":
         steps = halvings(first.name, first.in_shape, first.out_shape, 1)
-        body.add_module("conv", nn.Conv2d(first.in_shape[0], first.out_shape[0], 3, 2**steps, 1, bias=False))
-        body.add_module("bn", nn.BatchNorm2d(first.out_shape[0]))
+        width = widths[STAGES.index(first.name) + 1]
+        body.add_module("conv", nn.Conv2d(first.in_shape[0], width, 3, 2**steps, 1, bias=False))
+        body.add_module("bn", nn.BatchNorm2d(width))
         body.add_module("relu", nn.ReLU(inplace=True))
-        return body, first.out_shape[0]
-    widths = {i: shapes[stage].out_shape[0] for i, stage in enumerate(STAGES, start=1)}
+        return body, width
     blocks = {spanned[0]: (spanned, kernels, indices) for spanned, kernels, indices in TABLE1[name]}
     channels, position = first.in_shape[0], 0
     while position < len(stages):
@@ -371,20 +328,43 @@ def configuration_costs(
     return rows
 
 
-@functools.lru_cache(maxsize=4)
-def table1_reduction(num_classes: int = 100) -> tuple[dict[str, Any], ...]:
-    """Table 1 reproduction: ResNet-18, ImageNet stem, 224x224, S = stem; our MAC reduction beside the paper's."""
-    with torch.device("meta"):  # shapes only: the flop counter needs no values
-        backbone = build_resnet("resnet18", num_classes, 3, 1.0, "imagenet").eval()
-        rows = configuration_costs(backbone, "stem", (3, 224, 224), num_classes, list(TABLE1))
+def reduction_rows(
+    backbone: nn.Module,
+    split: str,
+    input_shape: Sequence[int],
+    num_outputs: int,
+    names: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Table 1 (bottom) for any backbone: costs and MAC reduction against S + L0 of each configuration (default:
+    every one available at `split`)."""
+    wanted = list(available_configurations(split) if names is None else names)
+    rows = configuration_costs(backbone, split, input_shape, num_outputs, ["L0", *(n for n in wanted if n != "L0")])
     base = rows[0].macs
+    return [
+        {**row.to_dict(), "reduction": 1 - row.macs / base, "blocks": describe(row.name)}
+        for row in rows
+        if row.name in wanted
+    ]
+
+
+@functools.lru_cache(maxsize=8)
+def table1_reduction(
+    num_classes: int = 100, arch: str = "resnet18", image_size: int = 224
+) -> tuple[dict[str, Any], ...]:
+    """Table 1 reproduction: `arch` (ours with the ImageNet stem, or an arch string such as "torchvision:resnet50"),
+    S = stem, our MAC reduction beside the paper's (None for architectures other than ResNet-18)."""
+    with torch.device("meta"):  # shapes only: the flop counter needs no values
+        if arch in ARCHITECTURES:
+            backbone = build_resnet(arch, num_classes, 3, 1.0, "imagenet").eval()
+        else:
+            backbone = build_external(arch, num_classes).eval()
+        rows = reduction_rows(backbone, "stem", (3, image_size, image_size), num_classes, list(TABLE1))
+    paper = arch in PAPER_ARCHS and image_size == 224
     return tuple(
         {
-            **row.to_dict(),
-            "reduction": 1 - row.macs / base,
-            "paper_reduction": PAPER_REDUCTION[row.name],
-            "paper_printed": PAPER_ROW[row.name],
-            "blocks": describe(row.name),
+            **row,
+            "paper_reduction": PAPER_REDUCTION[row["name"]] if paper else None,
+            "paper_printed": PAPER_ROW[row["name"]] if paper else None,
         }
         for row in rows
     )

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from dynacnn.cpcnn.compress import CONFIGURATIONS, available_configurations, check_split
 from dynacnn.cpcnn.policy import DEFAULT_RULE, DEFAULT_WEIGHTING, check_policy, check_tau
+from dynacnn.data.stream import available_memory
 from dynacnn.errors import ConfigError
 from dynacnn.models.layout import MEMORY_FORMATS
-from dynacnn.train import TrainConfig, check_max_drop
+from dynacnn.train import PRECISIONS, TrainConfig, check_max_drop
 
 DEFAULT_EPOCHS = 8
 """Epochs for the clustifier and each head (6 epochs lost 0.23 points of test top-1 at S = layer1; docs/results.md)."""
@@ -21,6 +23,25 @@ HEAD_DISTILL = 0.5
 """Weight of the distillation term in each head's loss (teacher: the backbone's logits restricted to the members)."""
 QUICK_TRAIN_IMAGES = 1000
 """With `quick`: the clustifier and heads train one epoch on a stratified subset of this many images."""
+FEATURE_FRACTION = 0.5
+"""`feature_memory="auto"`: S's outputs may take this fraction of the memory available when they are cached (the
+rest is head training's copies of a hyper-class's outputs, batches and the data)."""
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+MEMORY_FIX = "use 'auto', a number of bytes or a size such as 8GB or 512MiB (0: recompute S for every batch)"
+
+
+def parse_memory(value: Any) -> int | None:
+    """Bytes of a memory size: an int >= 0 or a string such as "8GB", "1.5 GiB", "512MiB", "4096"; "auto" -> None."""
+    if value == "auto":
+        return None
+    if _is_whole(value) and value >= 0:
+        return value
+    match = (
+        re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", value, re.IGNORECASE) if isinstance(value, str) else None
+    )
+    if match is None:
+        raise ConfigError(f"feature_memory {value!r} is not a memory size; {MEMORY_FIX}")
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
 
 
 def _is_number(value: Any) -> bool:
@@ -66,7 +87,10 @@ class CPCNNConfig:
     `tau` fixes Alg. 1's threshold (None: the cheapest tau that meets `max_drop`, in points of calibration top-1);
     `split` ends the shared part S (None: swept); `configs` fixes head configurations ("C0:L22,C1:L33,clustifier:LC")
     or lists candidates ("L22,L33"); `n_clusters` fixes the hyper-class count (None: Alg. 2's eigengap);
-    `memory_format` "auto" keeps the faster layout by timing.
+    `memory_format` "auto" keeps the faster layout by timing. `feature_memory` bounds the memory S's outputs may take
+    when cached (bytes, a size such as "8GB", or "auto": `FEATURE_FRACTION` of what is available); the parts that do
+    not fit (train, then calibration, then test are cached first) are recomputed from the images per batch.
+    `precision` is the clustifier's and heads' training arithmetic (`TrainConfig.precision`).
     """
 
     tau: float | None = None
@@ -85,6 +109,8 @@ class CPCNNConfig:
     head_distill: float = HEAD_DISTILL
     head_tolerance: float | None = None
     memory_format: str = "auto"
+    feature_memory: int | str = "auto"
+    precision: str = "fp32"
 
     def validate(self, num_classes: int | None = None) -> CPCNNConfig:
         """Every range check; `num_classes` (the data's) bounds `n_clusters`. Returns self."""
@@ -108,7 +134,7 @@ class CPCNNConfig:
             upper = num_classes if num_classes is not None else self.n_clusters
             if not _is_whole(self.n_clusters) or not 2 <= self.n_clusters <= upper:
                 raise ConfigError(
-                    f"--clusters {self.n_clusters!r} must be a whole number of hyper-classes in "
+                    f"--hyper-classes {self.n_clusters!r} must be a whole number of hyper-classes in "
                     f"[2, {num_classes if num_classes is not None else 'the class count'}] (the data's class "
                     "count), or left out for the eigengap's choice"
                 )
@@ -133,7 +159,16 @@ class CPCNNConfig:
             raise ConfigError(f"memory_format {self.memory_format!r} must be auto, {' or '.join(MEMORY_FORMATS)}")
         if not _is_whole(self.feature_copies) or self.feature_copies < 1:
             raise ConfigError(f"feature_copies {self.feature_copies!r} must be a positive integer")
+        parse_memory(self.feature_memory)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown --precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
         return self
+
+    def feature_budget(self) -> int:
+        """Bytes S's outputs may take when cached: `feature_memory`, or for "auto" `FEATURE_FRACTION` of the memory
+        available now."""
+        given = parse_memory(self.feature_memory)
+        return int(FEATURE_FRACTION * available_memory()) if given is None else given
 
     @property
     def parsed_configs(self) -> tuple[dict[str, str], tuple[str, ...] | None]:
@@ -161,7 +196,9 @@ class CPCNNConfig:
     def train_config(self) -> TrainConfig:
         """How the clustifier and each head are trained on cached S outputs (one epoch with `quick`)."""
         epochs = 1 if self.quick else self.epochs
-        return TrainConfig(epochs=epochs, batch_size=128, lr=self.lr, augment=False, seed=self.seed).validate()
+        return TrainConfig(
+            epochs=epochs, batch_size=128, lr=self.lr, augment=False, seed=self.seed, precision=self.precision
+        ).validate()
 
     @property
     def train_images(self) -> int | None:
@@ -169,5 +206,9 @@ class CPCNNConfig:
         return QUICK_TRAIN_IMAGES if self.quick else None
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able settings: what run directories record and what a resume must match."""
-        return asdict(self)
+        """Plain JSON-able settings: what run directories record and what a resume must match (fp32 leaves
+        `precision` out, as `TrainConfig.to_dict` does)."""
+        settings = asdict(self)
+        if self.precision == "fp32":
+            del settings["precision"]
+        return settings

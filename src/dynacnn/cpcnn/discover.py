@@ -1,4 +1,5 @@
-"""Hyper-class discovery on a trained run (CP-CNN §3.1, Alg. 2): calibration probabilities -> clusters.json + plots."""
+"""Hyper-class discovery on a trained backbone (CP-CNN §3.1, Alg. 2): calibration probabilities -> clusters.json +
+plots; and which clusters.json a conversion uses (`use_clusters`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from typing import Any
 import torch
 
 from dynacnn.cpcnn.clustering import HyperClassClustering
+from dynacnn.cpcnn.model import check_members
 from dynacnn.cpcnn.serialize import load_clusters
-from dynacnn.io import ensure_dir, write_json
+from dynacnn.errors import ConfigError
+from dynacnn.io import ensure_dir, read_json, write_json
 from dynacnn.report.cluster_plots import plot_eigenvalues, plot_similarity
-from dynacnn.runs import load_run
 from dynacnn.train import ImageBatches, predict, resolve_device
 
 
@@ -64,16 +66,65 @@ def hyper_classes(
 
 
 def discover_hyperclasses(
-    run_dir: str | Path, out_dir: str | Path, *, device: str = "auto", **params: Any
+    backbone: torch.nn.Module, data: Any, out_dir: str | Path, *, device: str = "auto", **params: Any
 ) -> dict[str, Any]:
-    """Fit `HyperClassClustering(**params)` on the run's calibration probabilities; write and return clusters.json."""
-    out = ensure_dir(out_dir)
+    """Fit `HyperClassClustering(**params)` on `backbone`'s calibration probabilities on `data` (`DatasetSplits`);
+    write and return clusters.json (with its plots) in `out_dir`."""
     dev = resolve_device(device)
-    run = load_run(run_dir, dev)
-    splits = run.data_spec.load()
-    probs, labels = calibration_probs(run.model, splits, dev)
-    estimator = HyperClassClustering(**params).fit(probs.numpy(), labels.numpy())
+    estimator = HyperClassClustering(**params)
+    probs, labels = calibration_probs(backbone.to(dev).eval(), data, dev)
+    estimator.fit(probs.numpy(), labels.numpy())
     extra = {}
-    if splits.info.coarse_labels is not None:
-        extra["agreement_with_coarse_labels"] = estimator.score_against(splits.info.coarse_labels)
-    return write_clusters(out, estimator, splits.info.class_names, extra)
+    if data.info.coarse_labels is not None:
+        extra["agreement_with_coarse_labels"] = estimator.score_against(data.info.coarse_labels)
+    return write_clusters(ensure_dir(out_dir), estimator, data.info.class_names, extra)
+
+
+def _clusters_of(path: Path, class_names: Sequence[str], n_clusters: int | None, option: str) -> dict[str, Any]:
+    """The JSON of a clusters file, refused unless it partitions `class_names` into `n_clusters` (when given)."""
+    clusters = read_json(path)
+    try:
+        members = check_members([entry["classes"] for entry in clusters["hyper_classes"]], len(class_names))
+    except (KeyError, TypeError):
+        raise ConfigError(f"{path} has no hyper_classes list; make it with `dynacnn cluster`") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    names = clusters.get("class_names")
+    if names is not None and list(names) != list(class_names):
+        raise ConfigError(
+            f"{path} was made for the classes {list(names)[:3]}... but the data has {list(class_names)[:3]}...; "
+            "run `dynacnn cluster` on this model and data"
+        )
+    if n_clusters is not None and len(members) != n_clusters:
+        raise ConfigError(
+            f"{path} ({option}) holds {len(members)} hyper-classes but --hyper-classes {n_clusters} was given; drop "
+            f"one of the two, or re-run `dynacnn cluster --hyper-classes {n_clusters}`"
+        )
+    return clusters
+
+
+def use_clusters(
+    out_dir: str | Path,
+    given: Path | None,
+    made_by_cluster: Path | None,
+    class_names: Sequence[str],
+    n_clusters: int | None,
+) -> str:
+    """Put the hyper-classes a conversion into `out_dir` will use at `out_dir/clusters.json` (where `convert` reads
+    them); return where they come from, in words.
+
+    First choice: `given` (`--clusters-file`), then `made_by_cluster` (what `dynacnn cluster` wrote into the run),
+    each checked against the data's classes and `n_clusters` and copied; without either, a clusters.json already in
+    `out_dir` (an earlier conversion) is kept, or else Alg. 2 fits them during the conversion."""
+    out = Path(out_dir)
+    for path, option in ((given, "--clusters-file"), (made_by_cluster, "written by `dynacnn cluster`")):
+        if path is None:
+            continue
+        clusters = _clusters_of(Path(path), class_names, n_clusters, option)
+        if Path(path).resolve() != (out / "clusters.json").resolve():
+            write_json(ensure_dir(out) / "clusters.json", {**clusters, "copied_from": str(path)})
+        return f"hyper-classes from {path} ({option})"
+    if (out / "clusters.json").exists():
+        return f"hyper-classes from {out / 'clusters.json'} (made by an earlier run into this --out)"
+    count = "the eigengap's count" if n_clusters is None else f"{n_clusters} of them"
+    return f"hyper-classes fitted by Alg. 2 ({count}), written to {out / 'clusters.json'}"

@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from dynacnn.cpcnn.cache import backbone_logits, cache_split, softmax_outputs
+from dynacnn.cpcnn.cache import shared_outputs
 from dynacnn.cpcnn.compress import TABLE1, available_configurations, shared_part
 from dynacnn.cpcnn.model import CPCNN, TrivialHead
 from dynacnn.cpcnn.policy import RULES, WEIGHTINGS, activate, confusion_matrix, merge
@@ -260,16 +261,6 @@ def choose_heads(
     return search, next((row for row in search if row["meets_max_drop"]), search[-1])
 
 
-def head_probs(heads: Sequence[nn.Module], features: torch.Tensor) -> list[torch.Tensor]:
-    """Each head's class probabilities (float64, CPU) on cached S outputs; a `TrivialHead`'s are all ones."""
-    return [
-        torch.ones(len(features), 1, dtype=torch.float64)
-        if isinstance(head, TrivialHead)
-        else softmax_outputs(head, features)
-        for head in heads
-    ]
-
-
 def policy_rows(
     views: Mapping[str, SplitView],
     v: Mapping[str, torch.Tensor],
@@ -336,7 +327,8 @@ def sweep_split_points(
     """Per split point: calibration accuracy with uncompressed heads (exactly the backbone restricted to each
     hyper-class, so no head training is needed), measured speed with those heads and with the most compressed
     Table 1 heads (untrained: timing does not depend on weights) under the same routing."""
-    return [_split_point(split, data, trainer, cal, clustifier_name, timing) for split in splits]
+    bar = tqdm(splits, desc="split sweep", unit="split", leave=False, disable=None)
+    return [_split_point(split, data, trainer, cal, clustifier_name, timing) for split in bar]
 
 
 def _split_point(
@@ -349,14 +341,11 @@ def _split_point(
 ) -> dict[str, Any]:
     backbone, device, members, shape = trainer.backbone, trainer.device, cal.members, trainer.input_shape
     shared = shared_part(backbone, split)
-    cache = {
-        "train": cache_split(shared, data, "train", device, 1, trainer.config.seed, trainer.config.train_images),
-        "calib": cache_split(shared, data, "calib", device),
-    }
-    if trainer.config.distill > 0:
-        cache["train"].teacher = backbone_logits(backbone, split, cache["train"].features, shape)
+    cache, _ = shared_outputs(
+        backbone, shared, split, data, device, trainer.config, ("train", "calib"), trainer.config.distill > 0, copies=1
+    )
     clustifier, record = trainer.clustifier(split, clustifier_name, cache)
-    v = softmax_outputs(clustifier, cache["calib"].features.to(device))
+    v = cache["calib"].probs([clustifier], device)[0]
     confusion = confusion_matrix(cal.groups, v.argmax(1), len(members))
     heads = [
         TrivialHead() if len(group) == 1 else trainer.make_head(split, "L0", len(group), group) for group in members

@@ -1,8 +1,10 @@
 """The CP-CNN of §3 (Fig. 1): shared part S, clustifier M and hyper-class heads H_g, with real routed inference.
 
-`CPCNN.forward` runs S once per image and M on every image, chooses each image's active heads with
-Alg. 1 / Eq. 1 (`activate`), then runs each head once on the sub-batch of the images that activate it
-(one gather, `features[rows]`, which keeps a channels_last layout), and writes its weighted probabilities (Eq. 3) into the (B, K) output with one indexed
+`model(x)` returns the (B, K) class probabilities, like any classifier; `model.route(x)` returns them with the
+routing details (`RoutedOutput`: probabilities, MACs each image executed, its active heads). The route runs S
+once per image and M on every image, chooses each image's active heads with Alg. 1 / Eq. 1 (`activate`), then
+runs each head once on the sub-batch of the images that activate it (one gather, `features[rows]`, which keeps
+a channels_last layout), and writes its weighted probabilities (Eq. 3) into the (B, K) output with one indexed
 assignment: the hyper-classes partition the classes, so no two heads write the same column. There is no
 per-image Python; the only loop is over the G heads. A head that no image activates costs nothing.
 
@@ -11,8 +13,9 @@ S + M + the sum of its active heads. `count_call_macs(model, x)` measures the sa
 that actually ran (tests check the equality).
 
 Speed: run it under the memory format its weights are in (`.to(memory_format=torch.channels_last)` and
-channels_last inputs on CPU, where oneDNN is several times faster for these small convolutions); the
-forward pass is already in `torch.inference_mode`.
+channels_last inputs on CPU, where oneDNN is several times faster for these small convolutions); the routing is
+not differentiable and runs without autograd. Under `torch.autocast` the networks run in reduced precision and
+the probabilities and the routing are computed in float32.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class TrivialHead(nn.Module):
 
 
 class RoutedOutput(NamedTuple):
-    """What `CPCNN.forward` returns: class probabilities, MACs each image executed, its active heads."""
+    """What `CPCNN.route` returns: class probabilities (B, K), MACs each image executed (B,), active heads (B, G)."""
 
     probs: torch.Tensor
     macs: torch.Tensor
@@ -59,7 +62,9 @@ def check_members(members: Sequence[Sequence[int]], num_classes: int | None = No
 
 
 class CPCNN(nn.Module):
-    """§3 CP-CNN: S once, M, then each H_g only on the images whose Alg. 1 activation set contains g."""
+    """§3 CP-CNN: S once, M, then each H_g only on the images whose Alg. 1 activation set contains g.
+
+    `forward(x)` -> (B, K) class probabilities; `route(x)` -> `RoutedOutput` (probabilities, MACs, active heads)."""
 
     def __init__(
         self,
@@ -129,10 +134,15 @@ class CPCNN(nn.Module):
         """MACs each image executes: S + M + its active heads (B,), from the cost table (no matmul: not counted)."""
         return self.fixed_macs + (active.long() * self.head_macs).sum(1)
 
-    @torch.inference_mode()
-    def forward(self, x: torch.Tensor) -> RoutedOutput:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (B, K) of the routed model (Eq. 3 merge of the active heads)."""
+        return self.route(x).probs
+
+    @torch.no_grad()
+    def route(self, x: torch.Tensor) -> RoutedOutput:
+        """Alg. 1 routing with real skipping: probabilities, MACs each image executed, its active heads."""
         features = self.shared(x)
-        v = torch.softmax(self.clustifier(features), dim=1)
+        v = torch.softmax(self.clustifier(features).float(), dim=1)
         active, weights = self.policy(v)
         batch = x.shape[0]
         probs = v.new_zeros(batch, self.num_classes)
@@ -151,15 +161,15 @@ class CPCNN(nn.Module):
             if isinstance(head, TrivialHead):
                 probs[rows[:, None], classes] = weight
             else:
-                probs[rows[:, None], classes] = torch.softmax(head(head_input), dim=1) * weight
+                probs[rows[:, None], classes] = torch.softmax(head(head_input).float(), dim=1) * weight
         return RoutedOutput(probs, self.image_macs(active), active)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def head_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Dense: clustifier probabilities v (B, G) and every head's probabilities on every image (for sweeps)."""
         features = self.shared(x)
-        v = torch.softmax(self.clustifier(features), dim=1)
-        return v, [torch.softmax(head(features), dim=1) for head in self.heads]
+        v = torch.softmax(self.clustifier(features).float(), dim=1)
+        return v, [torch.softmax(head(features).float(), dim=1) for head in self.heads]
 
     def forward_dense(self, x: torch.Tensor) -> RoutedOutput:
         """Every head on every image, merged with the same weights (zero outside the active set): the reference."""

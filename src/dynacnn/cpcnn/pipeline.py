@@ -1,8 +1,9 @@
 """CP-CNN end to end (§3.1, §4): trained backbone -> hyper-classes -> S, M, heads -> choices -> routed model.
 
-`run_cpcnn(run_dir, out_dir, config)` loads a `dynacnn train` run and calls `convert`, which works on any ResNet
-with torchvision's attribute names (e.g. a torchvision `resnet18(num_classes=K)`) and a
-`dynacnn.data.DatasetSplits`. `convert` runs these steps over one `Conversion`:
+`run_cpcnn(run_dir, out_dir, config)` loads a `dynacnn train` run, calls `convert` and returns cpcnn.json's dict.
+`convert` works on any ResNet with torchvision's attribute names (e.g. a torchvision `resnet18(num_classes=K)`) and
+a `dynacnn.data.DatasetSplits`, and returns the routed `CPCNN` (as `load_cpcnn(out_dir)` would). It runs these
+steps over one `Conversion`:
 
 1. `prepare`: every check of the config, backbone and data; the device; the memory format ("auto": the faster).
 2. `cluster`: the base model's calibration and test probabilities and MACs; hyper-classes from
@@ -10,7 +11,8 @@ with torchvision's attribute names (e.g. a torchvision `resnet18(num_classes=K)`
 3. `choose_split_point`: given, or swept over stem / layer1 / layer2 / layer3 (`explore.sweep_split_points`): the
    fastest measured split whose calibration top-1 with uncompressed heads is within `max_drop`.
 4. `cache_outputs`: S's outputs for the training images (one clean copy plus `feature_copies - 1` fixed augmented
-   copies; each training sample is drawn from one of its copies), calibration and test; the backbone's logits.
+   copies; each training sample is drawn from one of its copies), calibration and test; the backbone's logits. Each
+   part is cached while `feature_memory` lasts, else recomputed from its images per batch (cpcnn.json "features").
 5. `train_clustifier`: M in each candidate configuration on the cached outputs with S frozen, distilled from the
    backbone's hyper-class probabilities; the cheapest within `CLUSTIFIER_TOLERANCE` points of the best is kept.
    Its confusion matrix is measured on the calibration split (the paper used its test set).
@@ -38,26 +40,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from dynacnn import distributed
 from dynacnn.cpcnn import explore
-from dynacnn.cpcnn.cache import (
-    CachedSplit,
-    backbone_logits,
-    cache_split,
-    class_probs,
-    normalised_images,
-    softmax_outputs,
-)
+from dynacnn.cpcnn.cache import CachedSplit, RecomputedSplit, class_probs, normalised_images, shared_outputs
 from dynacnn.cpcnn.compress import SPLIT_POINTS, check_backbone, shared_part, table1_reduction
 from dynacnn.cpcnn.config import CPCNNConfig
 from dynacnn.cpcnn.discover import hyper_classes
 from dynacnn.cpcnn.explore import Routing, SplitView, Timing
 from dynacnn.cpcnn.model import CPCNN, TrivialHead
 from dynacnn.cpcnn.policy import confusion_matrix
-from dynacnn.cpcnn.serialize import FORMAT_VERSION, backbone_spec, save_cpcnn
-from dynacnn.cpcnn.training import ComponentTrainer, group_index
+from dynacnn.cpcnn.serialize import FORMAT_VERSION, backbone_spec, load_cpcnn, save_cpcnn
+from dynacnn.cpcnn.training import ComponentTrainer, component_key, group_index
+from dynacnn.data import batches
 from dynacnn.errors import ConfigError
 from dynacnn.flops import count_macs
-from dynacnn.io import ensure_dir, write_json
+from dynacnn.io import ensure_dir, read_json, write_json
 from dynacnn.models.layout import MEMORY_FORMATS, as_format
 from dynacnn.report.cpcnn_report import write_report
 from dynacnn.runs import load_run, remembered
@@ -92,7 +89,9 @@ class Conversion:
     split_rows: list[dict[str, Any]] = field(default_factory=list)
     split: str = ""
     shared: nn.Module | None = None
-    cache: dict[str, CachedSplit] = field(default_factory=dict)
+    cache: dict[str, CachedSplit | RecomputedSplit] = field(default_factory=dict)
+    features: dict[str, Any] = field(default_factory=dict)
+    """How S's outputs were kept: the budget, bytes per part and each part's mode ("cache" or "recompute")."""
     table1: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     clustifier_name: str = ""
     clustifier: nn.Module | None = None
@@ -113,7 +112,7 @@ class Conversion:
 
     def macs(self, module: nn.Module) -> int:
         """MACs per image of a head or clustifier on S's output."""
-        return count_macs(module, self.cache["calib"].features[:1].to(self.device)).macs
+        return count_macs(module, self.cache["calib"].example(self.device)).macs
 
 
 def convert(
@@ -125,9 +124,12 @@ def convert(
     device: str = "auto",
     resume: bool = False,
     spec: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Turn a trained ResNet and its data (`DatasetSplits`) into a CP-CNN in `out_dir`; return the cpcnn.json dict.
+) -> CPCNN:
+    """Turn a trained ResNet and its data (`DatasetSplits`) into a CP-CNN in `out_dir`; return the routed `CPCNN`.
 
+    The module comes as `load_cpcnn(out_dir, device)` gives it: on the conversion's device, in eval mode and in the
+    memory format it was timed in; `model(x)` gives class probabilities, `model.route(x)` the routing details.
+    The figures (accuracy, MACs, speed, every policy row) are in `out_dir/cpcnn.json` and the report.
     `config.memory_format` "auto" times the base model in both layouts and keeps the faster; "contiguous" or
     "channels_last" fixes it (timing-free, so two runs with the same seed give bit-identical weights). `spec`
     describes the backbone for `load_cpcnn` (default: `backbone_spec(backbone)`).
@@ -140,7 +142,8 @@ def convert(
     train_heads(conv)
     choose_point(conv)
     measure_test(conv)
-    return save(conv)
+    save(conv)
+    return load_cpcnn(conv.out, conv.device)
 
 
 def prepare(
@@ -209,7 +212,7 @@ def choose_split_point(conv: Conversion) -> None:
         "members": conv.members,
         **{key: settings[key] for key in ("seed", "tau", "max_drop", "rule", "weighting")},
         "configs": fixed,
-        "train": asdict(c.train_config()),
+        "train": c.train_config().to_dict(),
         "distill": settings["distill"],
         "memory_format": conv.format_name,
     }
@@ -221,32 +224,32 @@ def choose_split_point(conv: Conversion) -> None:
 
 
 def cache_outputs(conv: Conversion) -> None:
-    """Step 4: S's outputs at the chosen split (training: `feature_copies` copies), the backbone's logits as teacher."""
-    c, data, dev = conv.config, conv.data, conv.device
-    conv.shared = shared = shared_part(conv.backbone, conv.split)
-    train = cache_split(shared, data, "train", dev, c.feature_copies, c.seed, c.train_images)
-    conv.cache = {
-        "train": train,
-        "calib": cache_split(shared, data, "calib", dev),
-        "test": cache_split(shared, data, "test", dev),
-    }
-    if c.distill > 0 or c.head_distill > 0:
-        train.teacher = backbone_logits(conv.backbone, conv.split, train.features, conv.input_shape)
-    for name in ("calib", "test"):
-        conv.cache[name].features = conv.cache[name].features.to(dev)
+    """Step 4: S's outputs at the chosen split for train (`feature_copies` copies), calibration and test, each cached
+    or recomputed per batch within `feature_memory` (`cache.shared_outputs`); the backbone's logits as teacher."""
+    c = conv.config
+    conv.shared = shared_part(conv.backbone, conv.split)
+    teacher = c.distill > 0 or c.head_distill > 0
+    conv.cache, conv.features = shared_outputs(
+        conv.backbone, conv.shared, conv.split, conv.data, conv.device, c, teacher=teacher
+    )
 
 
 def train_clustifier(conv: Conversion) -> None:
     """Step 5: M in each candidate configuration, the cheapest within `CLUSTIFIER_TOLERANCE` points of the best
     kept; its probabilities on calibration and test, and its confusion matrix on calibration."""
-    records, modules = {}, {}
-    for name in explore.clustifier_candidates(conv.config.parsed_configs[0]):
-        modules[name], record = conv.trainer.clustifier(conv.split, name, conv.cache)
-        records[name] = {"calib_top1": record["calib_top1"], "macs": conv.macs(modules[name])}
+    names = explore.clustifier_candidates(conv.config.parsed_configs[0])
+    train = partial(conv.trainer.clustifier, conv.split, cache=conv.cache)  # independent given S: one per rank
+    trained = distributed.map_components(train, names, conv.device)
+    conv.trainer.finished.update(component_key(conv.split, "clustifier", name) for name in names)
+    modules = {name: module for name, (module, _) in zip(names, trained)}
+    records = {
+        name: {"calib_top1": record["calib_top1"], "macs": conv.macs(module)}
+        for name, (module, record) in zip(names, trained)
+    }
     conv.table1["clustifier"] = records
     conv.clustifier_name = explore.pick_cheapest(records, explore.CLUSTIFIER_TOLERANCE)
     conv.clustifier = modules[conv.clustifier_name]
-    conv.v = {part: softmax_outputs(conv.clustifier, conv.cache[part].features) for part in ("calib", "test")}
+    conv.v = {part: conv.cache[part].probs([conv.clustifier], conv.device)[0] for part in ("calib", "test")}
     conv.confusion = confusion_matrix(conv.cal.groups, conv.v["calib"].argmax(1), len(conv.members))
 
 
@@ -254,14 +257,25 @@ def train_heads(conv: Conversion) -> None:
     """Step 6: H_g in each candidate configuration for every hyper-class of more than one class; each one's
     calibration probabilities, top-1 and MACs (the Table 1 analog)."""
     fixed, candidates = conv.config.parsed_configs
-    for g, group in enumerate(conv.members):
+    tasks = [
+        (g, name)
+        for g, group in enumerate(conv.members)
+        if len(group) > 1
+        for name in explore.head_candidates(conv.split, g, fixed, candidates, conv.config.quick)
+    ]
+    # independent given S: under torchrun each rank trains a share of them (`distributed.map_components`)
+    trained = distributed.map_components(
+        lambda task: conv.trainer.heads(conv.split, task[0], [task[1]], conv.cache)[task[1]], tasks, conv.device
+    )
+    for g in range(len(conv.members)):
         conv.heads.append({})
-        if len(group) == 1:
+        mine = [(name, result) for (h, name), result in zip(tasks, trained) if h == g]
+        if not mine:
             continue
-        names = explore.head_candidates(conv.split, g, fixed, candidates, conv.config.quick)
+        calib_probs = conv.cache["calib"].probs([module for _, (module, _) in mine], conv.device)
         records = {}
-        for name, (module, record) in conv.trainer.heads(conv.split, g, names, conv.cache).items():
-            conv.heads[g][name] = (module, softmax_outputs(module, conv.cache["calib"].features))
+        for (name, (module, record)), probs in zip(mine, calib_probs):
+            conv.heads[g][name] = (module, probs)
             records[name] = {"calib_top1": record["calib_top1"], "macs": conv.macs(module)}
         conv.table1[f"h{g}"] = records
     del conv.cache["train"]
@@ -269,8 +283,8 @@ def train_heads(conv: Conversion) -> None:
 
 def choose_point(conv: Conversion) -> None:
     """Step 7: heads and tau on calibration, the routed model at that tau, and every policy row from cached outputs."""
-    cal, test, c, features = conv.cal, conv.base["test"], conv.config, conv.cache["calib"].features
-    fixed_macs = count_macs(conv.shared, features.new_zeros(1, *conv.input_shape)).macs
+    cal, test, c = conv.cal, conv.base["test"], conv.config
+    fixed_macs = count_macs(conv.shared, torch.zeros(1, *conv.input_shape, device=conv.device)).macs
     fixed_macs += conv.table1["clustifier"][conv.clustifier_name]["macs"]
     calib_probs = [{name: probs for name, (_, probs) in heads.items()} for heads in conv.heads]
     search, chosen = explore.choose_heads(
@@ -281,7 +295,7 @@ def choose_point(conv: Conversion) -> None:
     model = CPCNN(conv.shared, conv.clustifier, heads, conv.members, conv.confusion, conv.input_shape, **policy)
     model = model.to(conv.device).eval()
     routing = Routing.of(model, conv.confusion)
-    probs = {part: explore.head_probs(heads, conv.cache[part].features) for part in ("calib", "test")}
+    probs = {part: conv.cache[part].probs(heads, conv.device) for part in ("calib", "test")}
     point, meets = cal.point(conv.v["calib"], probs["calib"], routing)
     model.set_policy(point["tau"])
     conv.model = model
@@ -300,9 +314,8 @@ def measure_test(conv: Conversion) -> None:
     """Step 8: the chosen point once on the test split by real routed inference; images/s beside the base's."""
     model, test, c = conv.model, conv.data.test, conv.config
     probs, macs = [], []
-    for start in range(0, len(test), explore.TIMING_BATCH):
-        images = normalised_images(test, conv.data.info, conv.device, None, c.seed, start, start + explore.TIMING_BATCH)
-        routed = model(as_format(images, MEMORY_FORMATS[conv.format_name]))
+    for images, _ in batches(test, conv.data.info, explore.TIMING_BATCH, device=conv.device):
+        routed = model.route(as_format(images, MEMORY_FORMATS[conv.format_name]))
         probs.append(routed.probs.cpu())
         macs.append(routed.macs.cpu())
     speed = conv.timing.speeds({"base": conv.backbone, "routed": model})
@@ -373,6 +386,7 @@ def save(conv: Conversion) -> dict[str, Any]:
         **rows["policies"],
         "chosen": rows["chosen"],
         "table1_resnet18": [dict(row) for row in table1_reduction()],
+        "features": conv.features,
         "settings": {
             **conv.config.to_dict(),
             "train_epochs": conv.config.train_config().epochs,
@@ -395,7 +409,8 @@ def run_cpcnn(
     device: str = "auto",
     resume: bool = False,
 ) -> dict[str, Any]:
-    """`dynacnn cpcnn`: convert the run in `run_dir` into a CP-CNN in `out_dir` (see `convert`); return cpcnn.json."""
+    """`dynacnn cpcnn`: convert the run in `run_dir` into a CP-CNN in `out_dir` (see `convert`); return cpcnn.json's
+    dict (the routed module: `load_cpcnn(out_dir)`)."""
     config.validate()
     run = load_run(run_dir, "cpu")
     data = run.data_spec.load()
@@ -405,4 +420,5 @@ def run_cpcnn(
             f"{data.info.num_classes}; check the run's data"
         )
     spec = {"kind": "dynacnn", **asdict(run.model_spec), "run_dir": str(run_dir), "data": asdict(run.data_spec)}
-    return convert(run.model, data, out_dir, config, device=device, resume=resume, spec=spec)
+    convert(run.model, data, out_dir, config, device=device, resume=resume, spec=spec)
+    return read_json(Path(out_dir) / "cpcnn.json")

@@ -14,7 +14,8 @@ from dynacnn.cpcnn.compress import build_head, check_backbone, shared_part
 from dynacnn.cpcnn.model import CPCNN, TrivialHead, check_members
 from dynacnn.errors import CheckpointError, ConfigError
 from dynacnn.io import ensure_dir, read_json, write_json
-from dynacnn.models import ResNet, build_resnet
+from dynacnn.models import ARCH_HELP, ResNet, build_external, build_resnet, external_arch
+from dynacnn.models.external import first_conv
 from dynacnn.models.layout import MEMORY_FORMATS
 from dynacnn.models.resnet import STAGE_BLOCKS
 from dynacnn.runs import load_weights, save_weights
@@ -23,48 +24,61 @@ FORMAT_VERSION = 1
 
 
 def backbone_spec(backbone: nn.Module) -> dict[str, Any]:
-    """How to rebuild `backbone`'s architecture (ours or torchvision's ResNet-18/34) for `load_cpcnn`."""
+    """How to rebuild `backbone`'s architecture for `load_cpcnn`: ours ("dynacnn") or an arch string that
+    `build_external` takes ("external": torchvision:resnet50, timm:resnet50d, ...) with its stem modifications."""
     check_backbone(backbone)
-    blocks = tuple(len(getattr(backbone, f"layer{i}")) for i in range(1, 5))
-    arch = next((name for name, counts in STAGE_BLOCKS.items() if counts == blocks), None)
-    if arch is None:
-        raise ConfigError(f"cannot describe a ResNet with stage depths {blocks}; use resnet18 or resnet34")
-    num_classes, in_channels = backbone.fc.out_features, backbone.conv1.in_channels
+    num_classes, in_channels = backbone.fc.out_features, first_conv(backbone).in_channels
     if isinstance(backbone, ResNet):
-        width = backbone.conv1.out_channels / 64
+        blocks = tuple(len(getattr(backbone, f"layer{i}")) for i in range(1, 5))
+        arch = next((name for name, counts in STAGE_BLOCKS.items() if counts == blocks), None)
+        if arch is None:
+            raise ConfigError(f"cannot describe a ResNet with stage depths {blocks}; use resnet18 or resnet34")
         return {
             "kind": "dynacnn",
             "arch": arch,
-            "width": width,
+            "width": backbone.conv1.out_channels / 64,
             "stem": backbone.stem,
             "num_classes": num_classes,
             "in_channels": in_channels,
         }
+    arch = external_arch(backbone)
+    if arch is None:
+        raise ConfigError(
+            f"cannot describe a backbone {type(backbone).__name__}; use dynacnn's ResNet or build it with "
+            f"dynacnn.models.build_external / load_backbone ({ARCH_HELP})"
+        )
     conv = backbone.conv1
     return {
-        "kind": "torchvision",
+        "kind": "external",
         "arch": arch,
         "num_classes": num_classes,
         "in_channels": in_channels,
-        "conv1": [conv.out_channels, conv.kernel_size[0], conv.stride[0], conv.padding[0]],
+        "conv1": conv_spec(conv) if isinstance(conv, nn.Conv2d) else None,
         "maxpool": not isinstance(backbone.maxpool, nn.Identity),
     }
 
 
-def build_backbone(spec: Mapping[str, Any]) -> nn.Module:
-    """An untrained backbone of the architecture `spec` (from `backbone_spec`) describes."""
-    if spec.get("kind") == "dynacnn":
-        return build_resnet(spec["arch"], spec["num_classes"], spec["in_channels"], spec["width"], spec["stem"])
-    if spec.get("kind") == "torchvision":
-        import torchvision  # only for torchvision backbones: importing it costs a second
+def conv_spec(conv: nn.Conv2d) -> list[int]:
+    """A stem convolution as [out_channels, kernel, stride, padding]."""
+    return [conv.out_channels, conv.kernel_size[0], conv.stride[0], conv.padding[0]]
 
-        model = getattr(torchvision.models, spec["arch"])(num_classes=spec["num_classes"])
+
+def build_backbone(spec: Mapping[str, Any]) -> nn.Module:
+    """An untrained backbone of the architecture `spec` (from `backbone_spec`, or the older "torchvision" kind)
+    describes."""
+    kind = spec.get("kind")
+    if kind == "dynacnn":
+        return build_resnet(spec["arch"], spec["num_classes"], spec["in_channels"], spec["width"], spec["stem"])
+    if kind not in ("external", "torchvision"):
+        raise CheckpointError(f"unknown backbone description {dict(spec)}; re-run the CP-CNN conversion")
+    arch = spec["arch"] if kind == "external" else f"torchvision:{spec['arch']}"
+    model = build_external(arch, spec["num_classes"], spec["in_channels"])
+    if spec["conv1"] is not None and conv_spec(model.conv1) != list(spec["conv1"]):
         out_channels, kernel, stride, padding = spec["conv1"]
         model.conv1 = nn.Conv2d(spec["in_channels"], out_channels, kernel, stride, padding, bias=False)
-        if not spec["maxpool"]:
-            model.maxpool = nn.Identity()
-        return model
-    raise CheckpointError(f"unknown backbone description {dict(spec)}; re-run the CP-CNN conversion")
+    if not spec["maxpool"]:
+        model.maxpool = nn.Identity()
+    return model
 
 
 def save_cpcnn(model: CPCNN, out_dir: str | Path, meta: dict[str, Any]) -> None:
@@ -86,10 +100,11 @@ def save_cpcnn(model: CPCNN, out_dir: str | Path, meta: dict[str, Any]) -> None:
 
 
 def load_cpcnn(out_dir: str | Path, device: torch.device | str = "cpu") -> CPCNN:
-    """Rebuild the CP-CNN saved by `run_cpcnn` / `convert` in `out_dir` (for `dynacnn bench` and the Python API).
+    """The routed CP-CNN saved by `run_cpcnn` / `convert` in `out_dir`, on `device`, in eval mode, at its chosen tau.
 
-    The model comes in the memory format it was timed in (`cpcnn_model.json`: memory_format); feed it inputs
-    in that format too (`x.contiguous(memory_format=torch.channels_last)`) for the measured speed.
+    `model(x)` returns class probabilities (B, K); `model.route(x)` the routing details (`RoutedOutput`). The model
+    comes in the memory format it was timed in (`cpcnn_model.json`: memory_format); feed it inputs in that format
+    too (`x.contiguous(memory_format=torch.channels_last)`) for the measured speed.
     """
     out = Path(out_dir)
     if not (out / "cpcnn_model.json").exists():

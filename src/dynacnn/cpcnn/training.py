@@ -1,4 +1,7 @@
-"""Training the clustifier M and the hyper-class heads H_g on cached S outputs, S frozen (§3.1, Table 1 flow).
+"""Training the clustifier M and the hyper-class heads H_g on S's outputs, S frozen (§3.1, Table 1 flow).
+
+S's outputs come cached or recomputed per batch (`cache.CachedSplit`, `cache.RecomputedSplit`); both train the
+same components (the same batches in the same order when augmentation is off).
 
 Each finished component is saved (safetensors + JSON with its identity) under `out/components`; a re-run with
 `resume` reuses those whose identity matches and continues interrupted training from its checkpoint. The
@@ -11,20 +14,20 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from dynacnn.cpcnn.cache import CachedSplit, FeatureBatches, batched_outputs
+from dynacnn.cpcnn.cache import CachedSplit, RecomputedSplit
 from dynacnn.cpcnn.compress import build_head
 from dynacnn.cpcnn.config import CPCNNConfig
 from dynacnn.io import ensure_dir, read_json, write_json
 from dynacnn.models.layout import memory_format_of
 from dynacnn.runs import load_weights, save_weights
-from dynacnn.train import TrainConfig, fit
+from dynacnn.train import Batches, TrainConfig, fit
 
 KD_TEMPERATURE = 2.0
 MIN_ONECYCLE_STEPS = 16
@@ -70,8 +73,8 @@ def component_key(split: str, role: str, config: str) -> str:
 def train_component(
     module: nn.Module,
     key: str,
-    train: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
-    calib: tuple[torch.Tensor, torch.Tensor],
+    train: Batches,
+    calib: tuple[CachedSplit | RecomputedSplit, torch.Tensor | None, torch.Tensor],
     out: Path,
     config: TrainConfig,
     identity: dict[str, Any],
@@ -80,10 +83,11 @@ def train_component(
     reuse: bool = False,
     distill: float = 0.0,
 ) -> dict[str, Any]:
-    """Train one head or clustifier on cached S outputs, or reuse a finished one (`reuse`) with the same identity.
+    """Train one head or clustifier on S's outputs, or reuse a finished one (`reuse`) with the same identity.
 
-    `train` is (features (copies, N, ...), labels, teacher logits (copies, N, C) or None); with a teacher and
-    `distill` > 0 the loss mixes in distillation from the backbone (`distillation_loss`).
+    `train` gives batches of S's outputs (`training_batches` of a cached or recomputed split), as (features, teacher
+    logits) pairs when `distill` > 0 (the loss then mixes in distillation from the backbone, `distillation_loss`);
+    `calib` is (source, positions in it or None for all, targets) for the calibration top-1.
     """
     folder = ensure_dir(out / "components")
     weights, meta_path = folder / f"{key}.safetensors", folder / f"{key}.json"
@@ -93,31 +97,44 @@ def train_component(
             load_weights(weights, module)
             return meta
     started = time.perf_counter()
-    if len(train[1]):
-        if config.epochs * -(-len(train[1]) // config.batch_size) < MIN_ONECYCLE_STEPS:
+    if train.num_samples:
+        if config.epochs * -(-train.num_samples // config.batch_size) < MIN_ONECYCLE_STEPS:
             config = replace(config, schedule="cosine")
-        features, labels, teacher = train
-        distilled = teacher is not None and distill > 0
-        fmt = memory_format_of(module)
-        batches = FeatureBatches(features, labels, teacher if distilled else None, config.batch_size, memory_format=fmt)
+        batches = replace(train, batch_size=config.batch_size, memory_format=memory_format_of(module))
         common = {"run_dir": folder / key, "resume": resume, "device": device, "identity": identity, "desc": key}
-        if distilled:
+        if distill > 0:
             loss = distillation_loss(distill)
             fit(Distilled(module), batches, config, loss_fn=loss, logits_fn=lambda outputs: outputs[0], **common)
         else:
             fit(module, batches, config, **common)
     module.eval()
-    logits = batched_outputs(module, calib[0].to(device)).cpu()
-    top1 = float((logits.argmax(1) == calib[1]).float().mean()) if len(calib[1]) else 0.0
+    source, positions, targets = calib
+    logits = source.outputs([module], device, positions)[0]
+    top1 = float((logits.argmax(1) == targets).float().mean()) if len(targets) else 0.0
     meta = {
         "identity": identity,
         "calib_top1": top1,
-        "calib_images": len(calib[1]),
+        "calib_images": len(targets),
         "train_seconds": time.perf_counter() - started,
     }
     save_weights(weights, module)
     write_json(meta_path, meta)
     return meta
+
+
+def hyper_class_teacher(members: Sequence[Sequence[int]]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The backbone's hyper-class log-probabilities from its logits: log of its summed member probabilities."""
+
+    def teacher(logits: torch.Tensor) -> torch.Tensor:
+        log_probs = torch.log_softmax(logits, dim=-1)
+        return torch.stack([torch.logsumexp(log_probs[..., list(group)], dim=-1) for group in members], dim=-1)
+
+    return teacher
+
+
+def restricted_teacher(group: Sequence[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The backbone's logits restricted to the classes of `group`."""
+    return lambda logits: logits[..., list(group)]
 
 
 def group_index(members: Sequence[Sequence[int]], num_classes: int) -> torch.Tensor:
@@ -130,7 +147,7 @@ def group_index(members: Sequence[Sequence[int]], num_classes: int) -> torch.Ten
 
 @dataclass
 class ComponentTrainer:
-    """Builds and trains the clustifier and the heads of one conversion, on cached S outputs at any split."""
+    """Builds and trains the clustifier and the heads of one conversion on S's outputs (cached or recomputed)."""
 
     backbone: nn.Module
     input_shape: tuple[int, ...]
@@ -160,7 +177,7 @@ class ComponentTrainer:
             return head.to(memory_format=self.memory_format)
 
     def _identity(
-        self, split: str, role: str, name: str, members: list, train: tuple, distill: float
+        self, split: str, role: str, name: str, members: list, copies: int, train: Batches, distill: float
     ) -> dict[str, Any]:
         """What a finished component must match to be reused: its place, classes, training data and settings."""
         return {
@@ -168,59 +185,48 @@ class ComponentTrainer:
             "role": role,
             "config": name,
             "members": members,
-            "train": asdict(self.train_config),
-            "copies": int(train[0].shape[0]),
-            "train_images": len(train[1]),
+            "train": self.train_config.to_dict(),
+            "copies": copies,
+            "train_images": train.num_samples,
             "distill": distill,
         }
 
-    def clustifier(self, split: str, name: str, cache: dict[str, CachedSplit]) -> tuple[nn.Module, dict[str, Any]]:
+    def clustifier(
+        self, split: str, name: str, cache: dict[str, CachedSplit | RecomputedSplit]
+    ) -> tuple[nn.Module, dict[str, Any]]:
         """M with configuration `name`, trained to predict the hyper-class (distilled from the backbone's)."""
         module = self.make_head(split, name, len(self.members))
-        group_of = self.group_of
-        teacher = cache["train"].teacher
-        if teacher is not None:  # the backbone's hyper-class log-probabilities: log of its summed member probabilities
-            log_probs = torch.log_softmax(teacher, dim=-1)
-            teacher = torch.stack([torch.logsumexp(log_probs[..., group], dim=-1) for group in self.members], dim=-1)
-        train = (cache["train"].features, group_of[cache["train"].labels], teacher)
-        calib = (cache["calib"].features, group_of[cache["calib"].labels])
+        group_of, source = self.group_of, cache["train"]
+        distill = self.config.distill if source.has_teacher else 0.0
+        teacher = hyper_class_teacher(self.members) if distill > 0 else None
+        train = source.training_batches(group_of, teacher, None, self.train_config.batch_size, self.memory_format)
+        calib = (cache["calib"], None, group_of[cache["calib"].labels])
         key = component_key(split, "clustifier", name)
-        identity = self._identity(split, "clustifier", name, self.members, train, self.config.distill)
+        identity = self._identity(split, "clustifier", name, self.members, source.copies, train, self.config.distill)
         reuse = key in self.finished
         record = train_component(
-            module,
-            key,
-            train,
-            calib,
-            self.out,
-            self.train_config,
-            identity,
-            self.device,
-            self.resume,
-            reuse,
-            self.config.distill,
+            module, key, train, calib, self.out, self.train_config, identity, self.device, self.resume, reuse, distill
         )
         self.finished.add(key)
         return module, record
 
     def heads(
-        self, split: str, g: int, names: Sequence[str], cache: dict[str, CachedSplit]
+        self, split: str, g: int, names: Sequence[str], cache: dict[str, CachedSplit | RecomputedSplit]
     ) -> dict[str, tuple[nn.Module, dict[str, Any]]]:
         """H_g in each configuration of `names`, trained on the images of hyper-class g (labels local to it)."""
-        group = self.members[g]
-        labels = cache["train"].labels
-        in_train = torch.isin(labels, torch.tensor(group))
+        group, source = self.members[g], cache["train"]
+        in_train = torch.nonzero(torch.isin(source.labels, torch.tensor(group))).flatten()
         local = torch.full((self.backbone.fc.out_features,), -1, dtype=torch.long)
         local[group] = torch.arange(len(group))
-        teacher = cache["train"].teacher
-        teacher = None if teacher is None or self.config.head_distill == 0 else teacher[:, in_train][..., group]
-        train = (cache["train"].features[:, in_train], local[labels[in_train]], teacher)
-        in_calib = self.group_of[cache["calib"].labels] == g
-        calib = (cache["calib"].features[in_calib], local[cache["calib"].labels[in_calib]])
+        distill = self.config.head_distill if source.has_teacher else 0.0
+        teacher = restricted_teacher(group) if distill > 0 else None
+        train = source.training_batches(local, teacher, in_train, self.train_config.batch_size, self.memory_format)
+        in_calib = torch.nonzero(self.group_of[cache["calib"].labels] == g).flatten()
+        calib = (cache["calib"], in_calib, local[cache["calib"].labels[in_calib]])
         trained = {}
         for name in names:
             module = self.make_head(split, name, len(group), group)
-            identity = self._identity(split, f"h{g}", name, group, train, self.config.head_distill)
+            identity = self._identity(split, f"h{g}", name, group, source.copies, train, self.config.head_distill)
             key = component_key(split, f"h{g}", name)
             record = train_component(
                 module,
@@ -232,7 +238,7 @@ class ComponentTrainer:
                 identity,
                 self.device,
                 self.resume,
-                distill=self.config.head_distill,
+                distill=distill,
             )
             trained[name] = (module, record)
         return trained

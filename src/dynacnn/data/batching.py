@@ -1,4 +1,8 @@
-"""In-memory mini-batches: shuffling, batched random crop / flip on uint8, normalisation on the device."""
+"""Mini-batches of any split: shuffling, random crop / flip on uint8, normalisation on the device.
+
+In-memory splits are cropped and flipped per batch with one gather; streamed splits (`stream.StreamSplit`) are
+decoded and augmented by DataLoader workers, each sample with its own seed drawn from the same generator.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from collections.abc import Iterator
 import torch
 
 from dynacnn.data.splits import DatasetInfo, Split
+from dynacnn.data.stream import NO_SEED, StreamSplit
 from dynacnn.errors import ConfigError
 
 DEFAULT_SEED = 0
@@ -41,32 +46,71 @@ def crop_flip(images: torch.Tensor, padding: int, flip: bool, generator: torch.G
     return flat.gather(2, index.view(batch, 1, -1).expand(batch, channels, -1)).view(images.shape)
 
 
+def _check_augment(augment: bool | float) -> float:
+    """`augment` as the probability that a sample is augmented."""
+    if isinstance(augment, bool):
+        return float(augment)
+    if not isinstance(augment, (int, float)) or not 0 <= augment <= 1:
+        raise ConfigError(f"augment {augment!r} must be True, False or a probability in [0, 1]")
+    return float(augment)
+
+
+def _stream_batches(
+    split: StreamSplit,
+    info: DatasetInfo,
+    order: torch.Tensor,
+    batch_size: int,
+    augment: float,
+    generator: torch.Generator,
+    device: torch.device,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of a streamed split: each augmented sample gets a seed of its own from `generator`."""
+    seeds = None
+    if augment > 0 and info.augment != "none":
+        seeds = torch.randint(0, 2**62, (len(order),), generator=generator)
+        if augment < 1:
+            seeds[torch.rand(len(order), generator=generator) >= augment] = NO_SEED
+    images = split.uint8_batches(order, batch_size, seeds, pin_memory=device.type == "cuda")
+    for start, chunk in zip(range(0, len(order), batch_size), images):
+        labels = split.labels[order[start : start + batch_size]]
+        yield normalize(chunk.to(device, non_blocking=True), info), labels.to(device, non_blocking=True)
+
+
 def batches(
-    split: Split,
+    split: Split | StreamSplit,
     info: DatasetInfo,
     batch_size: int,
     *,
     shuffle: bool = False,
-    augment: bool = False,
+    augment: bool | float = False,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (normalised float32 images, int64 labels) on `device`; randomness comes only from `generator`.
 
     Without a generator, a fresh one seeded with 0 is used, so every call then repeats the same order.
-    Augmentation (info.augment) is drawn per batch on the CPU and applied on uint8 images.
+    Augmentation (info.augment) is drawn on the CPU; in memory it is applied per batch on uint8 images, in a stream
+    per sample by the workers. `augment` may be a probability: each sample is augmented with it, else kept clean.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size {batch_size!r} must be a positive integer")
+    probability = _check_augment(augment)
     if generator is None:
         generator = torch.Generator().manual_seed(DEFAULT_SEED)
     if generator.device.type != "cpu":
         raise ConfigError(f"batches needs a CPU torch.Generator, got one on {generator.device}")
     order = torch.randperm(len(split), generator=generator) if shuffle else torch.arange(len(split))
-    mode = info.augment if augment else "none"
+    if isinstance(split, StreamSplit):
+        yield from _stream_batches(split, info, order, batch_size, probability, generator, torch.device(device))
+        return
+    mode = info.augment if probability > 0 else "none"
     for start in range(0, len(split), batch_size):
         chosen = order[start : start + batch_size]
         images = split.images[chosen]
         if mode != "none":
-            images = crop_flip(images, info.crop_padding, mode == "crop_flip", generator)
+            augmented = crop_flip(images, info.crop_padding, mode == "crop_flip", generator)
+            if probability < 1:
+                keep = torch.rand(len(chosen), generator=generator) < probability
+                augmented = torch.where(keep.view(-1, 1, 1, 1), augmented, images)
+            images = augmented
         yield normalize(images.to(device, non_blocking=True), info), split.labels[chosen].to(device)

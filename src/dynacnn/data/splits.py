@@ -1,8 +1,14 @@
-"""Dataset containers and seeded, stratified train / calibration / test splits."""
+"""Dataset containers and seeded, stratified train / calibration / test splits.
+
+A split is either a `Split` (uint8 images in memory) or a streamed split (`dynacnn.data.stream.StreamSplit`,
+images decoded from files per batch); both have `labels`, `indices`, `len()`, `take`, `subset` and `read_images`,
+and `dynacnn.data.batches` serves both.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,9 +48,30 @@ class DatasetInfo:
         return len(self.class_names)
 
 
+class Subsets:
+    """`len()` and `subset` for any split with `labels` and `take(positions)`."""
+
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        """Number of samples."""
+        return len(self.labels)
+
+    def subset(self, n: int, seed: int = 0) -> Subsets:
+        """Stratified random subset of `n` samples, deterministic for `seed`; the whole split if n >= len."""
+        if not is_int(n) or n < 1:
+            raise ConfigError(f"subset size {n!r} must be a positive integer")
+        if n >= len(self):
+            return self
+        present = int(torch.unique(self.labels).numel())
+        if n < present:
+            raise ConfigError(f"subset size {n} is smaller than the {present} classes present; use n >= {present}")
+        return self.take(stratified_sample(self.labels.numpy(), n, seed))
+
+
 @dataclass
-class Split:
-    """Images (uint8 N,C,H,W), labels (int64) and each sample's index in its source set."""
+class Split(Subsets):
+    """Images (uint8 N,C,H,W) in memory, labels (int64) and each sample's index in its source set."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -59,25 +86,14 @@ class Split:
         if not len(self.images) == len(self.labels) == len(self.indices):
             raise DataError("Split.images, labels and indices must have the same length")
 
-    def __len__(self) -> int:
-        """Number of samples."""
-        return len(self.labels)
-
     def take(self, positions: np.ndarray | torch.Tensor) -> Split:
         """The samples at `positions` (positions in this split, not source indices)."""
         positions = torch.as_tensor(positions, dtype=torch.int64)
         return Split(self.images[positions].contiguous(), self.labels[positions], self.indices[positions])
 
-    def subset(self, n: int, seed: int = 0) -> Split:
-        """Stratified random subset of `n` samples, deterministic for `seed`; the whole split if n >= len."""
-        if not is_int(n) or n < 1:
-            raise ConfigError(f"subset size {n!r} must be a positive integer")
-        if n >= len(self):
-            return self
-        present = int(torch.unique(self.labels).numel())
-        if n < present:
-            raise ConfigError(f"subset size {n} is smaller than the {present} classes present; use n >= {present}")
-        return self.take(stratified_sample(self.labels.numpy(), n, seed))
+    def read_images(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """uint8 images (n, C, H, W) of samples start..stop-1 (a view)."""
+        return self.images[start:stop]
 
 
 @dataclass
@@ -85,9 +101,10 @@ class DatasetSplits:
     """A dataset's description and its three disjoint splits."""
 
     info: DatasetInfo
-    train: Split
-    calib: Split
-    test: Split
+    train: Any
+    calib: Any
+    test: Any
+    """`Split`s, or `StreamSplit`s for a streamed image folder."""
 
     def split_indices(self) -> dict[str, list[int]]:
         """Source indices of every split, for saving with a run."""
@@ -142,29 +159,33 @@ def check_split_options(calib_fraction: float, seed: int, train_limit: int | Non
             raise ConfigError(f"{option} {value!r} must be a positive integer or None")
 
 
+def calibration_positions(labels: np.ndarray, calib_fraction: float, seed: int, name: str) -> tuple:
+    """(train positions, calibration positions): a stratified hold-out of round(calib_fraction * N) samples."""
+    n_calib = max(1, round(calib_fraction * len(labels)))
+    if n_calib >= len(labels):
+        raise DataError(f"{name}: {len(labels)} training samples are too few to hold out a calibration split")
+    calib_pos = stratified_sample(labels, n_calib, seed)
+    return np.setdiff1d(np.arange(len(labels)), calib_pos, assume_unique=True), calib_pos
+
+
 def make_splits(
     info: DatasetInfo,
-    train: tuple[np.ndarray, np.ndarray, np.ndarray],
-    test: tuple[np.ndarray, np.ndarray, np.ndarray],
+    train: tuple[np.ndarray, np.ndarray, np.ndarray] | Subsets,
+    test: tuple[np.ndarray, np.ndarray, np.ndarray] | Subsets,
     *,
     calib_fraction: float,
     seed: int,
     train_limit: int | None = None,
     test_limit: int | None = None,
 ) -> DatasetSplits:
-    """Hold out a stratified calibration split from `train` (images, labels, source indices), then apply limits."""
-    images, labels, indices = train
-    n_calib = max(1, round(calib_fraction * len(labels)))
-    if n_calib >= len(labels):
-        raise DataError(f"{info.name}: {len(labels)} training samples are too few to hold out a calibration split")
-    calib_pos = stratified_sample(labels, n_calib, seed)
-    train_pos = np.setdiff1d(np.arange(len(labels)), calib_pos, assume_unique=True)
-    train_split = _as_split(images[train_pos], labels[train_pos], indices[train_pos])
-    test_split = _as_split(*test)
+    """Hold out a stratified calibration split from `train` (images, labels, source indices, or a split of any
+    kind), then apply limits; in-memory and streamed sources of the same labels give the same membership."""
+    train = _as_split(*train) if isinstance(train, tuple) else train
+    test = _as_split(*test) if isinstance(test, tuple) else test
+    train_pos, calib_pos = calibration_positions(train.labels.numpy(), calib_fraction, seed, info.name)
+    train_split, calib_split = train.take(train_pos), train.take(calib_pos)
     if train_limit is not None:
         train_split = train_split.subset(train_limit, seed)
     if test_limit is not None:
-        test_split = test_split.subset(test_limit, seed)
-    return DatasetSplits(
-        info, train_split, _as_split(images[calib_pos], labels[calib_pos], indices[calib_pos]), test_split
-    )
+        test = test.subset(test_limit, seed)
+    return DatasetSplits(info, train_split, calib_split, test)

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
 
+from dynacnn.baseline import TIMED_IMAGES
 from dynacnn.cpcnn import load_cpcnn
 from dynacnn.data import normalize
 from dynacnn.errors import ConfigError
+from dynacnn.export import onnx_contenders, ort_speedups
 from dynacnn.flops import count_macs
 from dynacnn.io import read_json
 from dynacnn.models.fold import fold_batchnorm
 from dynacnn.models.layout import device_layout
-from dynacnn.mscnn.execute import execute
-from dynacnn.mscnn.policies import Policy
 from dynacnn.mscnn.serialize import load_mscnn, read_mscnn_result
 from dynacnn.report.demo_report import write_bench
 from dynacnn.report.render import timing_table
@@ -43,36 +42,9 @@ def demo_contenders(out: Path, input_shape: tuple[int, ...], device: torch.devic
     cpcnn = fold_batchnorm(load_cpcnn(out / "cpcnn", device))
     contenders.insert(1, Contender("cpcnn", cpcnn, read_json(out / "cpcnn" / "cpcnn.json")["chosen"]["macs_per_image"]))
     chosen = read_mscnn_result(out / "mscnn")["chosen"]
-    contenders.insert(2, Contender("mscnn", mscnn_runner(out / "mscnn", chosen, device), chosen["macs_per_image"]))
+    mscnn = fold_batchnorm(load_mscnn(out / "mscnn", device))  # its chosen policy, CAP_CONV included
+    contenders.insert(2, Contender("mscnn", mscnn, chosen["macs_per_image"]))
     return contenders
-
-
-def chosen_policy(chosen: dict[str, Any], num_stages: int, num_classes: int) -> Policy:
-    """The `Policy` of an MS-CNN's chosen point as mscnn.json records it (kind told by its settings' keys)."""
-    settings = chosen["settings"]
-    kind = "PTHP" if "s_th" in settings else "TP" if "d_ct" in settings else "CAP_FC" if "p_th" in settings else "full"
-    return Policy(
-        kind,
-        num_stages,
-        num_classes,
-        d_ct=tuple(settings["d_ct"]) if "d_ct" in settings else None,
-        top_c=settings.get("top_c", 5),
-        p_th=tuple(settings["p_th"]) if "p_th" in settings else None,
-        s_th=tuple(settings["s_th"]) if "s_th" in settings else None,
-        stop_size=settings.get("stop_size", 0),
-    )
-
-
-def mscnn_runner(out: Path, chosen: dict[str, Any], device: torch.device) -> Callable[[torch.Tensor], Any]:
-    """The MS-CNN's chosen policy as an executing function (real early exit / FC-row pruning)."""
-    if chosen["policy"] == "CAP_CONV":
-        raise ConfigError(
-            f"{out}: the chosen MS-CNN policy is CAP_CONV, which the demo benchmark cannot rebuild; "
-            "its speed is in mscnn.json"
-        )
-    model = fold_batchnorm(load_mscnn(out, device))
-    policy = chosen_policy(chosen, model.num_stages, model.config.num_classes)
-    return lambda x: execute(model, x, policy, chosen.get("fc_rows", "image"))
 
 
 def contender_identity(out: Path) -> dict[str, Any]:
@@ -87,31 +59,47 @@ def contender_identity(out: Path) -> dict[str, Any]:
     }
 
 
-def benchmark(out: Path, splits: Any, device: torch.device, console: Console, repeats: int = 5) -> dict[str, Any]:
-    """Images/s of every contender at batch 1, 32 and 256 on the test split, paired chunks; writes bench.json/.md."""
+def benchmark(
+    out: Path, splits: Any, device: torch.device, console: Console, repeats: int = 5, onnx: bool = True
+) -> dict[str, Any]:
+    """Images/s of every contender at batch 1, 32 and 256 on the test split, paired chunks; writes bench.json/.md.
+
+    With `onnx` (CPU only) the four models also run exported (`out/export/<name>`, ONNX Runtime, routed in numpy)
+    as contenders "<name>-ort" in the same interleaved passes."""
     contenders = demo_contenders(out, splits.info.input_shape, device)
-    images = device_layout(normalize(splits.test.images, splits.info).to(device), device)
+    onnx = onnx and device.type == "cpu"
+    if onnx:
+        contenders += onnx_contenders(out, threads=torch.get_num_threads())
+    images = device_layout(normalize(splits.test.read_images(0, TIMED_IMAGES), splits.info).to(device), device)
     batch1_images = 500 if repeats > 2 else 100
     rows = measure(
         contenders, images, BATCH_SIZES, repeats=repeats, max_images_batch1=batch1_images, chunk_batches=CHUNK_BATCHES
     )
     console.print(timing_table(rows))
+    extra = {"ort_speedups": {str(b): ratios for b, ratios in ort_speedups(rows).items()}} if onnx else {}
     return write_bench(
         out,
         {
             "contenders": contender_identity(out),
             "rows": rows,
             "images_per_s": {row["model"]: row["images_per_s"] for row in rows if row["batch_size"] == 256},
+            **extra,
             "note": f"interleaved repetitions in one process, each over chunks of {CHUNK_BATCHES} batches run by every model in "
             "turn; BatchNorm folded into the convs of every model; speed-ups are per-chunk base time / model time "
             "on the same images (min and median); "
-            f"batch 1 is timed on the first {batch1_images} test images; device {device}",
+            f"batch 1 is timed on the first {batch1_images} test images; device {device}"
+            + (
+                "; ONNX Runtime contenders (-ort): each static part an ONNX graph, routed on the host in numpy; "
+                "ort_speedups: images/s over base-ort's in the same passes"
+                if onnx
+                else ""
+            ),
         },
     )
 
 
 def bench_demo(
-    out: str | Path, *, device: str = "auto", console: Console | None = None, repeats: int = 5
+    out: str | Path, *, device: str = "auto", console: Console | None = None, repeats: int = 5, onnx: bool = True
 ) -> dict[str, Any]:
     """Re-measure the demo's models side by side (what `dynacnn bench` runs); rewrites bench.json / bench.md."""
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
@@ -121,4 +109,4 @@ def bench_demo(
         if not (out / needed).exists():
             raise ConfigError(f"{out} has no {needed}; run `dynacnn demo --out {out}` first")
     splits = load_run(out / "base").data_spec.load()
-    return benchmark(out, splits, resolve_device(device), console or Console(), repeats=repeats)
+    return benchmark(out, splits, resolve_device(device), console or Console(), repeats=repeats, onnx=onnx)

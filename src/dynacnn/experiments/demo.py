@@ -21,6 +21,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from dynacnn import distributed
 from dynacnn.baseline import train_backbone
 from dynacnn.cpcnn import run_cpcnn
 from dynacnn.cpcnn.config import CPCNNConfig
@@ -68,7 +69,8 @@ class DemoConfig:
     calibration top-1) chooses both methods' operating points; `epochs` (default `FULL_EPOCHS`, or `QUICK_EPOCHS`
     with `quick`) trains the base, the MS-CNN and the compute-matched ResNet; `cpcnn` holds the CP-CNN's settings
     (default `demo_cpcnn_config(quick)`; its `memory_format` "auto" picks the faster by timing). The demo's
-    `max_drop` and `seed` are its CP-CNN's too: they replace `cpcnn`'s.
+    `max_drop`, `seed` and `precision` (the training arithmetic of every network) are its CP-CNN's too: they
+    replace `cpcnn`'s.
     """
 
     data: str = "fashion-mnist"
@@ -79,11 +81,12 @@ class DemoConfig:
     seed: int = 0
     data_options: dict[str, Any] = field(default_factory=dict)
     cpcnn: CPCNNConfig | None = None
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         cpcnn = demo_cpcnn_config(self.quick) if self.cpcnn is None else self.cpcnn
         if isinstance(cpcnn, CPCNNConfig):
-            cpcnn = replace(cpcnn, max_drop=self.max_drop, seed=self.seed)
+            cpcnn = replace(cpcnn, max_drop=self.max_drop, seed=self.seed, precision=self.precision)
         object.__setattr__(self, "cpcnn", cpcnn)
 
     def validate(self) -> DemoConfig:
@@ -120,17 +123,22 @@ class DemoConfig:
     @property
     def recipe(self) -> TrainConfig:
         """The base recipe, shared by the compute-matched ResNet."""
-        return TrainConfig(epochs=self.train_epochs, seed=self.seed, augment=False)
+        return TrainConfig(epochs=self.train_epochs, seed=self.seed, augment=False, precision=self.precision)
 
     @property
     def mscnn(self) -> MSCNNRunConfig:
         """The MS-CNN's settings: the base recipe's epochs, the demo's max_drop, quick and seed."""
-        return MSCNNRunConfig(epochs=self.train_epochs, max_drop=self.max_drop, quick=self.quick, seed=self.seed)
+        return MSCNNRunConfig(
+            epochs=self.train_epochs, max_drop=self.max_drop, quick=self.quick, seed=self.seed, precision=self.precision
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able settings (report.json records them under settings.config)."""
         data_dir = None if self.data_dir is None else str(self.data_dir)
-        return {**asdict(self), "data_dir": data_dir, "cpcnn": self.cpcnn.to_dict()}
+        settings = {**asdict(self), "data_dir": data_dir, "cpcnn": self.cpcnn.to_dict()}
+        if self.precision == "fp32":  # as TrainConfig.to_dict: demos made before the option keep their identity
+            del settings["precision"]
+        return settings
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DemoConfig:
@@ -201,10 +209,14 @@ def base_differences(run_json: Path, expected: dict[str, Any]) -> list[str]:
 
 def set_aside(run_dir: Path) -> Path:
     """Rename a finished run made with other settings to the first free `<name>-previous-<i>`; nothing is deleted."""
-    aside = next(
-        path for i in itertools.count(1) if not (path := run_dir.with_name(f"{run_dir.name}-previous-{i}")).exists()
+    aside = distributed.broadcast_object(  # under torchrun: rank 0's choice, rank 0 renames, the others wait
+        next(
+            path for i in itertools.count(1) if not (path := run_dir.with_name(f"{run_dir.name}-previous-{i}")).exists()
+        )
     )
-    run_dir.rename(aside)
+    if distributed.is_main():
+        run_dir.rename(aside)
+    distributed.barrier()
     return aside
 
 
@@ -254,7 +266,7 @@ def run_demo(
 
     base_dir, matched_dir = out / "base", out / "matched"
     differences = base_differences(
-        base_dir / "run.json", {"model": asdict(spec), "data": asdict(data_spec), "train_config": asdict(recipe)}
+        base_dir / "run.json", {"model": asdict(spec), "data": asdict(data_spec), "train_config": recipe.to_dict()}
     )
     if differences:
         raise ConfigError(
@@ -312,7 +324,8 @@ def run_demo(
     bench = steps.run(
         "Benchmark: images/s side by side",
         bench is not None,
-        lambda: bench or benchmark(out, splits, dev, console, repeats=2 if quick else 3),
+        # ONNX Runtime contenders double the benchmark's time (the demo keeps to 20 minutes): `dynacnn bench` adds them
+        lambda: bench or benchmark(out, splits, dev, console, repeats=2 if quick else 3, onnx=False),
         redo=(out / "bench.json").exists(),
     )
     report = steps.run(
@@ -334,7 +347,7 @@ def run_demo(
                     "max_drop_points": max_drop,
                     "seed": seed,
                     "base_model": asdict(spec),
-                    "recipe": asdict(recipe),
+                    "recipe": recipe.to_dict(),
                     "config": config.to_dict(),
                 },
                 "base": {**_test_point(base_dir, dev), "images_per_s": bench["images_per_s"]["base"]},

@@ -167,7 +167,7 @@ def sliced_last_conv(
             )
         pooled = pool(torch.relu(y))
         if out is None:
-            out = x.new_zeros(len(x), filters, *pooled.shape[2:])
+            out = pooled.new_zeros(len(x), filters, *pooled.shape[2:])
         out[rows.unsqueeze(1), kept.unsqueeze(0)] = pooled
     return out.flatten(1)
 
@@ -182,7 +182,7 @@ def execute_cap_conv(
         model.eval()
     bands = model.dwt(x)
     pooled = [model.features(bands, 0)]
-    probs = model.heads[0](pooled[0]).softmax(1)
+    probs = model.heads[0](pooled[0]).float().softmax(1)
     for stage in range(1, model.num_stages):
         body = model.bodies[stage]
         if rm:
@@ -196,7 +196,7 @@ def execute_cap_conv(
             )
         else:
             pooled.append(model.features(bands, stage))
-        probs = model.heads[stage](torch.cat(pooled, 1)).softmax(1)
+        probs = model.heads[stage](torch.cat(pooled, 1)).float().softmax(1)
     batch, stages = len(x), model.num_stages
     kept = torch.full((stages, batch), model.config.num_classes, dtype=torch.long)
     return Decision(torch.full((batch,), stages - 1), probs.argmax(1).cpu(), probs.cpu(), kept)

@@ -9,7 +9,7 @@ from dynacnn.errors import ConfigError
 from dynacnn.mscnn.execute import FC_ROWS
 from dynacnn.mscnn.model import MSCNNConfig
 from dynacnn.mscnn.training import TRAINING_MODES
-from dynacnn.train import check_max_drop
+from dynacnn.train import PRECISIONS, check_max_drop
 
 DEFAULT_EPOCHS = 8
 DEFAULT_STAGES = 4
@@ -31,7 +31,7 @@ class MSCNNRunConfig:
     standard errors of the paired per-image difference; `fc_rows`: how the chosen policy executes pruned FC rows
     ("batch": the rows any image of a sub-batch keeps; "image": each image's own); `augment` (crop + flip) is off by
     default: in 8 epochs these small networks underfit Fashion-MNIST and augmentation only slows them down;
-    `mode`: "joint" (every stage's loss at once) or "stagewise"; `model` fixes the architecture (default:
+    `precision`: the training loop's (`TrainConfig.precision`); `mode`: "joint" (every stage's loss at once) or "stagewise"; `model` fixes the architecture (default:
     `default_config(stages)` for the data's channels and classes); `quick` sweeps and times less.
     """
 
@@ -47,6 +47,7 @@ class MSCNNRunConfig:
     drop_z: float = 2.0
     stages: int | None = None
     model: MSCNNConfig | None = None
+    precision: str = "fp32"
 
     def validate(self) -> MSCNNRunConfig:
         """Every range check, before anything is read or written. Returns self."""
@@ -64,6 +65,8 @@ class MSCNNRunConfig:
             raise ConfigError(f"batch_size {self.batch_size!r} must be a whole number of at least 1")
         if not _is_number(self.lr) or self.lr <= 0:
             raise ConfigError(f"lr {self.lr!r} must be a positive number")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown --precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
         if self.mode not in TRAINING_MODES:
             raise ConfigError(f"mode {self.mode!r} is not a training mode; use one of {', '.join(TRAINING_MODES)}")
         if not _is_number(self.drop_z) or self.drop_z < 0:
@@ -80,8 +83,12 @@ class MSCNNRunConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able settings: what mscnn.json records as "settings" and what the demo's resume compares."""
-        return {**asdict(self), "model": None if self.model is None else self.model.to_dict()}
+        """Plain JSON-able settings: what mscnn.json records as "settings" and what the demo's resume compares
+        (fp32 leaves `precision` out, as `TrainConfig.to_dict` does)."""
+        settings = {**asdict(self), "model": None if self.model is None else self.model.to_dict()}
+        if self.precision == "fp32":
+            del settings["precision"]
+        return settings
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MSCNNRunConfig:

@@ -12,6 +12,8 @@ class mask is partial computes only some rows of its last FC layer, in one of tw
   classes and small FC layers (the demo's MS-CNN: FC rows are 0.3% of its MACs) the per-pair gathers cost
   more time than the rows they save, and this is the faster execution; with many classes and large FC
   layers (the paper's AlexNet) "image" saves more.
+
+Under `torch.autocast` the layers run in reduced precision; logits, probabilities and decisions are float32.
 """
 
 from __future__ import annotations
@@ -27,19 +29,19 @@ FC_ROWS = ("image", "batch")
 
 
 def head_logits(head: StageHead, features: torch.Tensor, mask: torch.Tensor, fc_rows: str = "image") -> torch.Tensor:
-    """Logits of the kept classes (others -inf), computing only the needed rows of the last FC layer (Alg. 2):
-    each image's own kept rows ("image") or the rows any image keeps ("batch")."""
+    """Float32 logits of the kept classes (others -inf), computing only the needed rows of the last FC layer
+    (Alg. 2): each image's own kept rows ("image") or the rows any image keeps ("batch")."""
     hidden = head.hidden(features)
     if bool(mask.all()):
-        return head.fc(hidden)
-    logits = torch.full(mask.shape, float("-inf"), dtype=hidden.dtype, device=hidden.device)
+        return head.fc(hidden).float()
+    logits = torch.full(mask.shape, float("-inf"), device=hidden.device)
     if fc_rows == "batch":
         classes = mask.any(0).nonzero().squeeze(1)
-        logits[:, classes] = F.linear(hidden, head.fc.weight[classes], head.fc.bias[classes])
+        logits[:, classes] = F.linear(hidden, head.fc.weight[classes], head.fc.bias[classes]).float()
         return logits.masked_fill_(~mask, float("-inf"))
     rows, classes = mask.nonzero(as_tuple=True)
     values = torch.bmm(head.fc.weight[classes].unsqueeze(1), hidden[rows].unsqueeze(2)).view(-1) + head.fc.bias[classes]
-    logits[rows, classes] = values
+    logits[rows, classes] = values.float()
     return logits
 
 

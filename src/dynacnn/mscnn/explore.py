@@ -6,6 +6,7 @@ import itertools
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 
 from dynacnn.errors import ConfigError
 from dynacnn.mscnn.cache import StageOutputs
@@ -155,9 +156,11 @@ def sweep(outputs: StageOutputs, costs: CostModel, num_classes: int, quick: bool
         families[f"TP-C{c}"] = tp_points(outputs, costs, grid, c, f"TP-C{c}")
         uniform = torch.tensor(values, dtype=torch.float64)[:, None].expand(-1, stages - 1)
         families[f"uniform-C{c}"] = tp_points(outputs, costs, uniform, c, f"uniform-C{c}")
-    families["CAP_FC"] = [evaluate(outputs, p, costs) for p in cap_fc_grid(stages, num_classes)]
+    grid = tqdm(cap_fc_grid(stages, num_classes), desc="CAP_FC sweep", unit="policy", leave=False, disable=None)
+    families["CAP_FC"] = [evaluate(outputs, p, costs) for p in grid]
     bases = [p.policy for c in top_cs for p in pareto(families[f"TP-C{c}"])[-8:]]
-    families["PTHP"] = [evaluate(outputs, p, costs, f"PTHP-C{p.top_c}") for p in pthp_grid(bases)]
+    grid = tqdm(pthp_grid(bases), desc="PTHP sweep", unit="policy", leave=False, disable=None)
+    families["PTHP"] = [evaluate(outputs, p, costs, f"PTHP-C{p.top_c}") for p in grid]
     families["full"] = [evaluate(outputs, full_policy(stages, num_classes), costs)]
     return families
 

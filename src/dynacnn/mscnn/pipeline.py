@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from dynacnn.data import load_dataset
 from dynacnn.errors import ConfigError
@@ -27,7 +27,7 @@ from dynacnn.mscnn.costs import CostModel, measure_costs
 from dynacnn.mscnn.explore import Point, choose, drop_and_error, evaluate, oracle, pareto, score, sweep
 from dynacnn.mscnn.model import MSCNN, MSCNNConfig, default_config, table2_config
 from dynacnn.mscnn.rank import misclassification_probability, pick_pruning_thresholds, prediction_rank, rank_statistics
-from dynacnn.mscnn.serialize import FORMAT_VERSION
+from dynacnn.mscnn.serialize import FORMAT_VERSION, save_filter_order
 from dynacnn.mscnn.speed import frontier_timing, image_batches, measure_chosen
 from dynacnn.mscnn.training import equal_weights, train_mscnn
 from dynacnn.report.mscnn_report import write_report
@@ -66,7 +66,7 @@ def _cap_conv_points(
         for keep in sorted({min(2, classes), min(5, classes)})
         for rm in sorted({max(1, min(filters - 1, round(filters * f))) for f in fractions})
     ]
-    for rm, p_th in settings:
+    for rm, p_th in tqdm(settings, desc="CAP_CONV sweep", unit="setting", leave=False, disable=None):
         removed = torch.tensor([0] + [rm] * (model.num_stages - 1))
         row = {"rm": rm, "p_th": list(p_th)}
         for smart in (True, False):
@@ -141,8 +141,9 @@ def _load_or_train(
         {
             "format_version": FORMAT_VERSION,
             "config": config.to_dict(),
+            "input_shape": list(splits.info.input_shape),
             "data": data_spec,
-            "train": asdict(train_config),
+            "train": train_config.to_dict(),
             "mode": mode,
             "loss_weights": list(equal_weights(model.num_stages)),
             "history": history,
@@ -191,6 +192,7 @@ def analyse_mscnn(
     families = sweep(calib, costs, classes, quick)
     clock.lap("sweep")
     conv_points, conv_rows, importance = _cap_conv_points(model, calib, test, costs, quick)
+    save_filter_order(out, importance)  # CAP_CONV's filter ranking, for load_mscnn
     clock.lap("cap_conv")
     full_calib = families["full"][0]
     candidates = [p for points in families.values() for p in points] + conv_points
@@ -341,7 +343,12 @@ def run_mscnn(
         "options": data_options or {},
     }
     train_config = TrainConfig(
-        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed, augment=config.augment
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        seed=config.seed,
+        augment=config.augment,
+        precision=config.precision,
     )
     model, history = _load_or_train(out, splits, model_config, train_config, config.mode, resume, dev, data_spec)
 
@@ -362,7 +369,7 @@ def run_mscnn(
         training={
             "mode": config.mode,
             "loss_weights": list(equal_weights(model.num_stages)),
-            "config": asdict(train_config),
+            "config": train_config.to_dict(),
             "history": history,
         },
     )

@@ -1,7 +1,8 @@
 """Timing the MS-CNN's executing paths against its full network (paired chunks, BatchNorm folded, as `dynacnn bench`).
 
-The chosen policy is executed once on the test split (really skipping work); its counted MACs, agreement with the
-cached simulation and images/s beside the full network go to mscnn.json; frontier points are timed for Fig. 9.
+The chosen policy is executed once on the test split as the module `load_mscnn` returns (`EarlyExitMSCNN`, really
+skipping work); its counted MACs, agreement with the cached simulation and images/s beside the full network go to
+mscnn.json; frontier points are timed for Fig. 9.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import torch
 from dynacnn.flops import count_call_macs
 from dynacnn.models.fold import fold_batchnorm
 from dynacnn.mscnn.cache import StageOutputs
-from dynacnn.mscnn.cap_conv import FilterImportance, execute_cap_conv, simulate_cap_conv
+from dynacnn.mscnn.cap_conv import FilterImportance, simulate_cap_conv
 from dynacnn.mscnn.costs import CostModel
-from dynacnn.mscnn.execute import execute
 from dynacnn.mscnn.explore import Point
 from dynacnn.mscnn.model import MSCNN
 from dynacnn.mscnn.policies import simulate
+from dynacnn.mscnn.routed import EarlyExitMSCNN, chosen_policy
 from dynacnn.timing import Contender, measure
 from dynacnn.train import ImageBatches
 
@@ -30,12 +31,18 @@ def image_batches(split, info, device: torch.device, batch_size: int = BATCH) ->
     return [x for x, _ in ImageBatches(split, info, batch_size)(None, device)]
 
 
-def policy_runner(model: MSCNN, point: Point, importance: FilterImportance | None, fc_rows: str):
-    """The executing path of a chosen point: x -> Decision (`fc_rows`: see `execute`)."""
-    if point.name == "CAP_CONV":
-        p_th, rm = tuple(point.settings["p_th"]), point.settings["rm"]
-        return lambda x: execute_cap_conv(model, x, importance, p_th, rm, True)
-    return lambda x: execute(model, x, point.policy, fc_rows)
+def routed_model(
+    model: MSCNN,
+    point: Point,
+    importance: FilterImportance | None,
+    fc_rows: str,
+    input_shape: tuple[int, ...] | None = None,
+) -> EarlyExitMSCNN:
+    """The executing module of an operating point (`fc_rows`: see `execute`; CAP_CONV computes every FC row)."""
+    policy = point.policy or chosen_policy(
+        {"policy": point.name, "settings": point.settings}, model.num_stages, model.config.num_classes
+    )
+    return EarlyExitMSCNN(model, policy, fc_rows=fc_rows, filter_order=importance, input_shape=input_shape)
 
 
 def measure_chosen(
@@ -52,17 +59,14 @@ def measure_chosen(
 ) -> tuple[dict, dict]:
     """Execute the chosen policy once on the test split; time it against the full network, paired chunks."""
     batches = image_batches(test_split, info, device)
-    run = policy_runner(model, point, importance, fc_rows)
-    decisions = [run(x) for x in batches]
-    exit_stage = torch.cat([d.exit_stage for d in decisions])
-    pred = torch.cat([d.pred for d in decisions])
-    kept = torch.cat([d.kept for d in decisions], 1)
-    removed = None
-    if point.name == "CAP_CONV":
-        removed = torch.tensor([0] + [point.settings["rm"]] * (model.num_stages - 1))
-    counted, _ = count_call_macs(run, batches[0])
-    first = len(batches[0])
-    modelled = costs.macs(kept[:, :first], removed).sum().item()
+    routed = routed_model(model, point, importance, fc_rows, info.input_shape)
+    outputs = [routed.route(x) for x in batches]
+    exit_stage = torch.cat([o.exit_stage for o in outputs]).cpu()
+    pred = torch.cat([o.probs.argmax(1) for o in outputs]).cpu()
+    kept = torch.cat([o.kept for o in outputs]).T.cpu()
+    removed = routed.removed_filters()
+    counted, _ = count_call_macs(routed, batches[0])
+    modelled = int(outputs[0].macs.sum())
     if point.name == "CAP_CONV":
         cached_pred = simulate_cap_conv(
             model, test, importance, tuple(point.settings["p_th"]), point.settings["rm"]
@@ -76,7 +80,7 @@ def measure_chosen(
     rows = measure(
         [
             Contender("full", folded, float(costs.full_macs)),
-            Contender("chosen", policy_runner(folded, point, importance, fc_rows), chosen_macs),
+            Contender("chosen", routed_model(folded, point, importance, fc_rows), chosen_macs),
         ],
         torch.cat(batches[:TIMING_BATCHES]),
         batch_sizes=(BATCH,),
@@ -118,7 +122,7 @@ def frontier_timing(
     folded = fold_batchnorm(model)
     contenders = [Contender("full", folded, full_macs)]
     contenders += [
-        Contender(f"{i}", policy_runner(folded, p, None, fc_rows), p.macs_per_image) for i, p in enumerate(points)
+        Contender(f"{i}", routed_model(folded, p, None, fc_rows), p.macs_per_image) for i, p in enumerate(points)
     ]
     speed = speeds(measure(contenders, torch.cat(batches), batch_sizes=(BATCH,), repeats=1, chunk_batches=2))
     return [
