@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 
 @dataclass
@@ -53,12 +54,15 @@ def measure(
     """
     rows: list[dict[str, float | str | int]] = []
     base = contenders[0]
+    bar = tqdm(total=len(batch_sizes) * (repeats + 1), desc="timing", unit="pass", leave=False, disable=None)
     for batch_size in batch_sizes:
         subset = images[:max_images_batch1] if batch_size == 1 else images
         chunk = batch_size * chunk_batches
         chunks = [subset[begin : begin + chunk] for begin in range(0, len(subset), chunk)]
+        bar.set_postfix(batch=batch_size)
         for contender in contenders:
             _time_pass(contender.infer, subset, batch_size)
+        bar.update()
         times: dict[str, list[list[float]]] = {c.name: [] for c in contenders}
         for repeat in range(repeats):
             for contender in contenders:
@@ -67,6 +71,7 @@ def measure(
                 shift = (repeat * len(chunks) + index) % len(contenders)
                 for contender in contenders[shift:] + contenders[:shift]:
                     times[contender.name][-1].append(_time_pass(contender.infer, part, batch_size))
+            bar.update()
         for contender in contenders:
             ratios = [
                 b / c
@@ -89,4 +94,5 @@ def measure(
                     "routing_efficiency": wall_median / mac_speedup,
                 }
             )
+    bar.close()
     return rows

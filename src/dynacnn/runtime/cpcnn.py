@@ -15,7 +15,7 @@ import numpy as np
 
 from dynacnn.runtime.graphs import PROVIDERS, Graph, session_options
 from dynacnn.runtime.router import RULES, WEIGHTINGS, activate, softmax
-from dynacnn.runtime.spec import as_mapping, check_classes, field, input_batch, normalize
+from dynacnn.runtime.spec import ExportedModel, as_mapping, check_classes, field, input_batch
 
 
 class CPCNNOutput(NamedTuple):
@@ -37,7 +37,7 @@ def read_policy(path: Path, block: Mapping[str, Any], groups: int) -> tuple[np.n
     return confusion, tau, rule, weighting
 
 
-class CPCNNRuntime:
+class CPCNNRuntime(ExportedModel):
     """An exported CP-CNN: `run(x)` -> `CPCNNOutput`; `x` is a normalised float32 batch (B, C, H, W)."""
 
     def __init__(
@@ -47,10 +47,7 @@ class CPCNNRuntime:
         options = session_options(threads)
 
         def read() -> None:
-            self.num_classes = int(spec["num_classes"])
-            self.input_shape = tuple(int(d) for d in spec["input_shape"])
-            self.mean, self.std = spec.get("mean"), spec.get("std")
-            self.class_names = spec.get("class_names")
+            self.read_common(spec)
             policy = as_mapping(spec["policy"])
             self.members = check_classes(path, policy["members"], self.num_classes)
             self.confusion, self.tau, self.rule, self.weighting = read_policy(path, policy, len(self.members))
@@ -71,10 +68,6 @@ class CPCNNRuntime:
         self.shared.check_input((None, *self.input_shape))
         for graph in (self.clustifier, *(head for head in self.heads if head is not None)):
             graph.check_input((None, *self.shared.output_shape[1:]))
-
-    def normalize(self, images: Any) -> np.ndarray:
-        """uint8 (B, C, H, W) -> the normalised float32 batch `run` takes (the training mean/std)."""
-        return normalize(images, self.mean, self.std)
 
     def run(self, x: Any) -> CPCNNOutput:
         """Alg. 1 routing with real skipping: probabilities, MACs each image executed, its active heads."""

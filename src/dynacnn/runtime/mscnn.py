@@ -22,7 +22,7 @@ from dynacnn.errors import CheckpointError
 from dynacnn.runtime.exits import ExitPolicy, filter_order_arrays, filter_ranks, kept_filters, majority_filters
 from dynacnn.runtime.graphs import PROVIDERS, Graph, session_options
 from dynacnn.runtime.router import softmax
-from dynacnn.runtime.spec import REEXPORT, ROUTING_FILE, as_mapping, field, input_batch, normalize
+from dynacnn.runtime.spec import REEXPORT, ROUTING_FILE, ExportedModel, as_mapping, field, input_batch
 
 COSTS = ("body_macs", "hidden_macs", "fc_in", "filter_macs")
 
@@ -55,7 +55,7 @@ class Stage:
         self.body_macs, self.hidden_macs, self.fc_in, self.filter_macs = (int(costs[key]) for key in COSTS)
 
 
-class MSCNNRuntime:
+class MSCNNRuntime(ExportedModel):
     """An exported MS-CNN under its policy: `run(x)` -> `MSCNNOutput`; `x` is a normalised float32 (B, C, H, W)."""
 
     def __init__(
@@ -65,10 +65,7 @@ class MSCNNRuntime:
         options = session_options(threads)
 
         def read() -> None:
-            self.num_classes = int(spec["num_classes"])
-            self.input_shape = tuple(int(d) for d in spec["input_shape"])
-            self.mean, self.std = spec.get("mean"), spec.get("std")
-            self.class_names = spec.get("class_names")
+            self.read_common(spec)
             blocks = [as_mapping(block) for block in spec["stages"]]
             if len(blocks) < 2:
                 raise ValueError(f"an MS-CNN needs at least 2 stages, got {len(blocks)}")
@@ -124,10 +121,6 @@ class MSCNNRuntime:
                     graph.check_output((None, self.num_classes if name == "head" else None))
                 if name == "body":
                     graph.check_output((None, stage.filters * stage.area))
-
-    def normalize(self, images: Any) -> np.ndarray:
-        """uint8 (B, C, H, W) -> the normalised float32 batch `run` takes (the training mean/std)."""
-        return normalize(images, self.mean, self.std)
 
     def run(self, x: Any) -> MSCNNOutput:
         """The policy executed with real skipping: exit-stage probabilities, MACs, exit stages, classes per stage."""

@@ -11,7 +11,7 @@ import numpy as np
 
 from dynacnn.runtime.graphs import PROVIDERS, Graph, session_options
 from dynacnn.runtime.router import softmax
-from dynacnn.runtime.spec import as_mapping, field, input_batch, normalize
+from dynacnn.runtime.spec import ExportedModel, as_mapping, field, input_batch
 
 
 class PlainOutput(NamedTuple):
@@ -21,7 +21,7 @@ class PlainOutput(NamedTuple):
     macs: np.ndarray
 
 
-class PlainRuntime:
+class PlainRuntime(ExportedModel):
     """An exported static classifier: `run(x)` -> `PlainOutput`; `x` is a normalised float32 (B, C, H, W)."""
 
     def __init__(
@@ -30,20 +30,13 @@ class PlainRuntime:
         path = Path(export_dir)
 
         def read() -> None:
-            self.num_classes = int(spec["num_classes"])
-            self.input_shape = tuple(int(d) for d in spec["input_shape"])
-            self.mean, self.std = spec.get("mean"), spec.get("std")
-            self.class_names = spec.get("class_names")
+            self.read_common(spec)
             entry = as_mapping(as_mapping(spec["parts"])["model"])
             self.model = Graph(path, entry, session_options(threads), providers, (None, self.num_classes))
             self.model.check_input((None, *self.input_shape))
             self.macs = int(entry["macs"])
 
         field(path, read)
-
-    def normalize(self, images: Any) -> np.ndarray:
-        """uint8 (B, C, H, W) -> the normalised float32 batch `run` takes (the training mean/std)."""
-        return normalize(images, self.mean, self.std)
 
     def run(self, x: Any) -> PlainOutput:
         """Class probabilities of every image, and its (constant) MACs."""

@@ -104,3 +104,18 @@ def as_mapping(value: Any) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise TypeError(f"expected an object, got {type(value).__name__}")
     return value
+
+
+class ExportedModel:
+    """What every exported model's runtime shares: its classes, input shape and normalisation (routing.json)."""
+
+    def read_common(self, spec: Mapping[str, Any]) -> None:
+        """Class count, input shape, mean / std and class names from routing.json."""
+        self.num_classes = int(spec["num_classes"])
+        self.input_shape = tuple(int(d) for d in spec["input_shape"])
+        self.mean, self.std = spec.get("mean"), spec.get("std")
+        self.class_names = spec.get("class_names")
+
+    def normalize(self, images: Any) -> np.ndarray:
+        """uint8 (B, C, H, W) -> the normalised float32 batch `run` takes (the training mean/std)."""
+        return normalize(images, self.mean, self.std)
