@@ -35,10 +35,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     """Call `write(fileobj)` on a temporary file beside `path`, fsync it, then rename over `path`.
 
     If anything fails (disk full, kill), the previous file at `path` is left untouched. Under torchrun every rank
-    calls this alike: rank 0 writes, and every rank returns once the file is in place (`distributed.barrier`), so
-    a read after a write sees the new file on every rank.
+    calls this alike: rank 0 writes once every rank has arrived (so a rank that checked whether the file exists
+    before its call cannot have seen this write), and every rank returns once the file is in place
+    (`distributed.barrier`), so a read after a write sees the new file on every rank.
     """
     path = Path(path)
+    barrier()
     if is_main():
         _write_here(path, write, mode)
     barrier()

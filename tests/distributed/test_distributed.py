@@ -196,10 +196,15 @@ def test_killed_mid_epoch_and_resumed_ends_where_an_uninterrupted_run_ends(suite
     assert_close_histories(found["history"], expected["history"])
 
 
-def test_cli_train_under_torchrun(tmp_path):
-    out = tmp_path / "base"
+@pytest.fixture(scope="module")
+def torchrun_train(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("torchrun") / "base"
     args = ["--data", "synthetic", "--train-limit", "60", "--width", "0.0625", "--epochs", "1", "--batch-size", "16"]
-    done = check(torchrun("-m", "dynacnn", "train", *args, "--out", str(out), "--device", "cpu"))
+    return out, check(torchrun("-m", "dynacnn", "train", *args, "--out", str(out), "--device", "cpu"))
+
+
+def test_cli_train_under_torchrun(torchrun_train):
+    out, done = torchrun_train
     assert done.stdout.count("calibration top-1") == 1, "rank 0 alone prints"
     run = load_run(out)
     assert run.meta["world_size"] == WORLD
@@ -207,3 +212,16 @@ def test_cli_train_under_torchrun(tmp_path):
     assert sorted(path.name for path in out.iterdir()) == sorted(
         ["checkpoint.pt", "metrics.json", "metrics.jsonl", "model.safetensors", "run.json", "splits.json"]
     )
+
+
+def test_cli_cpcnn_under_torchrun_decides_alike_on_every_rank(torchrun_train, tmp_path):
+    """The conversion checks for files (clusters, finished components) before it writes them: every rank must
+    decide alike, or one waits at a write the other skipped (a hang this test would time out on)."""
+    run, _ = torchrun_train
+    out = tmp_path / "cpcnn"
+    options = ["--hyper-classes", "2", "--split", "layer1", "--configs", "LC,LP", "--epochs", "1", "--max-drop", "100"]
+    args = ["--run", str(run), "--out", str(out), *options, "--memory-format", "contiguous", "--device", "cpu"]
+    done = check(torchrun("-m", "dynacnn", "--", "cpcnn", *args))
+    assert done.stdout.count("CP-CNN tau") == 1, "rank 0 alone prints"
+    assert json.loads((out / "cpcnn.json").read_text())["configs"]["clustifier"] in ("LC", "LP")
+    assert (out / "clusters.json").exists() and (out / "cpcnn.safetensors").exists()
