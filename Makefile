@@ -9,7 +9,7 @@ DEMO_ARGS ?=
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e '.[test,timm,export]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,timm]'
 	touch $(STAMP)
 
 data:
