@@ -87,3 +87,11 @@ def test_quick_trains_one_epoch_on_a_subset():
     quick = CPCNNConfig(epochs=5, quick=True, lr=0.2, seed=3)
     assert (quick.train_config().epochs, quick.train_config().lr, quick.train_config().seed) == (1, 0.2, 3)
     assert quick.train_images == QUICK_TRAIN_IMAGES
+
+
+def test_rule_and_weighting_default_to_auto_and_accept_a_fixed_choice():
+    assert (CPCNNConfig().rule, CPCNNConfig().weighting) == ("auto", "auto")
+    for rule, weighting in (("auto", "auto"), ("confusion", "auto"), ("auto", "eq3"), ("top", "clustifier")):
+        CPCNNConfig(rule=rule, weighting=weighting).validate(num_classes=10)
+    with pytest.raises(ConfigError, match="auto"):
+        CPCNNConfig(weighting="Auto").validate(num_classes=10)

@@ -17,6 +17,7 @@ from dynacnn.cpcnn.serialize import load_cpcnn
 from dynacnn.data import normalize
 from dynacnn.errors import CheckpointError, ConfigError
 from dynacnn.io import read_json, write_json
+from dynacnn.report.cpcnn_report import report_markdown
 from dynacnn.runs import DataSpec, ModelSpec, save_run
 from dynacnn.train import ImageBatches, TrainConfig, fit
 
@@ -262,3 +263,37 @@ def test_resume_reuses_redoes_or_refuses_as_the_config_changes(base_run, tmp_pat
     assert all(retrained[name] != before[name] for name in before)
     convert(model, data, tmp_path, replace(config, lr=0.1), device="cpu", resume=True)
     assert stamps() == retrained
+
+
+def test_top5_of_the_chosen_point_matches_topk_of_the_routed_probabilities(base_run, converted):
+    out, result = converted
+    _, data, _ = base_run
+    probs = load_cpcnn(out).route(normalize(data.test.images, data.info)).probs
+    values, indices = torch.topk(probs, 5, dim=1)
+    hits = ((indices == data.test.labels[:, None]) & (values > 0)).any(1)  # a class whose head did not run: no hit
+    assert result["chosen"]["top5"] == pytest.approx(hits.double().mean().item())
+    assert result["chosen"]["top5"] >= result["chosen"]["top1"]
+    assert result["base"]["top5"] >= result["base"]["top1"] and result["base"]["calib_top5"] >= 0
+
+
+def test_the_policy_choice_and_skipped_clustifiers_are_recorded_and_reported(converted):
+    out, result = converted
+    choice, chosen = result["policy_choice"], result["chosen"]
+    assert choice["requested"] == {"rule": "auto", "weighting": "auto"}
+    assert choice["chosen"] == {"rule": chosen["rule"], "weighting": chosen["weighting"]} == result["policy"]
+    winner = [c for c in choice["candidates"] if c["chosen"]]
+    assert len(choice["candidates"]) == 4 and len(winner) == 1 and winner[0]["tau"] == chosen["tau"]
+    fine = [c for c in choice["candidates"] if c["meets_max_drop"]]
+    if fine:
+        assert winner[0]["macs_per_image"] == min(c["macs_per_image"] for c in fine)
+    table2 = result["table2_policies"]
+    assert [(r["rule"], r["weighting"], r["tau"]) for r in table2] == [
+        (c["rule"], c["weighting"], c["tau"]) for c in choice["candidates"]
+    ]
+    assert all(set(r["test"]) >= {"top1", "top5", "macs_per_image"} for r in table2)
+    assert "L44" in result["clustifier_skipped"] and "L44" not in result["table1"]["clustifier"]
+    markdown = report_markdown(result, [])  # cpcnn.md may since have been rewritten by a resumed conversion
+    assert (
+        "Table 2 by policy" in markdown and "paper: Alg. 1 + Eq. 3" in markdown and "ours: top / clustifier" in markdown
+    )
+    assert "Clustifier L44 not trained" in markdown

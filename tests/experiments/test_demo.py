@@ -6,21 +6,12 @@ from importlib import resources
 
 import jsonschema
 import pytest
-import torch
 from rich.console import Console
 
 from dynacnn.errors import ConfigError
 from dynacnn.experiments.bench import contender_identity
-from dynacnn.experiments.demo import (
-    DemoConfig,
-    base_model_spec,
-    matched_width,
-    run_demo,
-    set_aside,
-    summary_table,
-    uniform_threshold_exit,
-)
-from dynacnn.flops import count_macs
+from dynacnn.experiments.demo import DemoConfig, run_demo, set_aside
+from dynacnn.experiments.summary import summary_table
 
 QUICK = DemoConfig(data="synthetic", quick=True, data_options={"samples_per_class": 60})
 
@@ -39,6 +30,16 @@ def test_quick_demo_report_validates_against_the_schema(demo_dir):
     assert report["base"]["images_per_s"] > 0
     assert {row["batch_size"] for row in report["bench"]} == {1, 32, 256}
     assert {row["model"] for row in report["bench"]} == {"base", "cpcnn", "mscnn", "matched"}
+    static = [report["base"], report["baselines"]["compute_matched"]]
+    for method, compared in report["baselines"]["per_method"]["methods"].items():
+        chosen = report[method]["chosen"]
+        assert compared["static"]["macs_per_image"] == pytest.approx(chosen["macs_per_image"])
+        assert compared["gap_points"] == pytest.approx(100 * (chosen["top1"] - compared["static"]["top1"]))
+        low, high = sorted(p["top1"] for p in static)
+        if compared["static"]["kind"] == "interpolated":  # between the two static networks' accuracies
+            assert low <= compared["static"]["top1"] <= high
+    assert set(report["baselines"]["per_method"]["methods"]) == {"cpcnn", "mscnn"}
+    assert report["base"]["top5"] >= report["base"]["top1"]
 
 
 def test_schema_rejects_a_report_missing_its_parts(demo_dir):
@@ -70,12 +71,22 @@ def test_report_markdown_links_only_existing_files(demo_dir):
 
 
 def test_closing_table_shows_the_paired_median_not_the_ratio_of_images_per_s(tmp_path):
-    point = {"top1": 0.9, "macs_per_image": 1e6}
+    point = {"top1": 0.9, "top5": 0.9876, "macs_per_image": 1e6}
+    static = {**point, "top1": 0.8912, "kind": "interpolated", "from": [0.15625, 0.25], "images_per_s": 1234.0}
     report = {
         "base": point,
         "cpcnn": {"chosen": {**point, "tau": 0.3}},
-        "mscnn": {"chosen": {**point, "policy": "TP-C1"}},
-        "baselines": {"compute_matched": {**point, "width": 0.1875}},
+        "mscnn": {"chosen": {**point, "top5": None, "policy": "TP-C1"}},
+        "baselines": {
+            "compute_matched": {**point, "width": 0.1875},
+            "per_method": {
+                "margin_points": 0.5,
+                "methods": {
+                    "cpcnn": {"static": static, "gap_points": 0.88, "beats": True},
+                    "mscnn": {"static": static, "gap_points": 0.12, "beats": False},
+                },
+            },
+        },
         "images_per_s_batch256": {"base": 1000.0, "cpcnn": 1500.0, "mscnn": 2000.0, "matched": 1100.0},
         "bench": [
             {"model": name, "batch_size": 256, "wall_speedup_median": median}
@@ -88,6 +99,11 @@ def test_closing_table_shows_the_paired_median_not_the_ratio_of_images_per_s(tmp
     cp_line = next(line for line in lines if "CP-CNN" in line)
     assert "1.19x" in cp_line and "1.50x" not in cp_line
     assert "1.77x" in next(line for line in lines if "MS-CNN" in line)
+    assert "98.76%" in cp_line and "98.76%" not in next(line for line in lines if "MS-CNN (" in line)
+    static_line = next(line for line in lines if "static ResNet at the CP-CNN" in line)
+    assert "89.12%" in static_line and "~1234" in static_line
+    assert "+0.88 points" in next(line for line in lines if line.startswith("CP-CNN against")) and "met" in lines[-2]
+    assert "missed" in next(line for line in lines if line.startswith("MS-CNN against"))
 
 
 def test_a_rerun_reuses_every_finished_step(demo_dir):
@@ -152,55 +168,9 @@ def test_set_aside_keeps_every_earlier_run(tmp_path):
     assert not (tmp_path / "matched").exists()
 
 
-def test_uniform_threshold_baseline_is_chosen_on_calibration():
-    mscnn = {
-        "full": {"calib_top1": 0.9},
-        "policies": [
-            {
-                "name": "uniform-C1",
-                "settings": {},
-                "top1": 0.5,
-                "macs_per_image": 1.0,
-                "calib_top1": 0.80,
-                "calib_macs_per_image": 1.0,
-            },
-            {
-                "name": "uniform-C1",
-                "settings": {},
-                "top1": 0.88,
-                "macs_per_image": 2.0,
-                "calib_top1": 0.897,
-                "calib_macs_per_image": 2.0,
-            },
-            {
-                "name": "TP-C1",
-                "settings": {},
-                "top1": 0.9,
-                "macs_per_image": 0.5,
-                "calib_top1": 0.9,
-                "calib_macs_per_image": 0.5,
-            },
-        ],
-    }
-    assert uniform_threshold_exit(mscnn, 0.5)["macs_per_image"] == 2.0
-    assert uniform_threshold_exit(mscnn, 0.0) == {}
-
-
 def test_negative_max_drop_or_epochs_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match="--max-drop"):
         run_demo(tmp_path / "a", replace(QUICK, max_drop=-1))
     with pytest.raises(ConfigError, match="--epochs"):
         run_demo(tmp_path / "b", replace(QUICK, epochs=0))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
-
-
-@pytest.mark.parametrize("target", [1.0e6, 3.0e6, 4.32e6, 6.5e6])
-def test_matched_width_is_the_closest_multiple_of_a_sixteenth(target):
-    shape = (1, 28, 28)
-    spec = base_model_spec(shape, 10)
-    width, macs = matched_width(spec, shape, target)
-    assert width * 16 == int(width * 16) and 0 < width <= spec.width
-    assert macs == count_macs(replace(spec, width=width).build(), torch.zeros(1, *shape)).macs_per_image
-    for k in range(1, 5):
-        other = count_macs(replace(spec, width=k / 16).build(), torch.zeros(1, *shape)).macs_per_image
-        assert abs(macs - target) <= abs(other - target)

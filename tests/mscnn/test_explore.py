@@ -32,6 +32,7 @@ def test_vectorised_tp_equals_simulation(seed: int, top_c: int) -> None:
     for point in tp_points(data, COSTS, grid, top_c, "TP"):
         reference = evaluate(data, point.policy, COSTS)
         assert point.top1 == pytest.approx(reference.top1)
+        assert point.top5 == pytest.approx(reference.top5)
         assert point.macs_per_image == pytest.approx(reference.macs_per_image)
         assert point.params_per_image == pytest.approx(reference.params_per_image)
         assert point.exits == pytest.approx(reference.exits)

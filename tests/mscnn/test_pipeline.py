@@ -10,9 +10,11 @@ import torch
 
 from dynacnn.errors import CheckpointError, ConfigError
 from dynacnn.io import write_json
+from dynacnn.mscnn.analysis import MC_TARGETS
 from dynacnn.mscnn.config import MSCNNRunConfig
 from dynacnn.mscnn.model import MSCNN, MSCNNConfig, StageConfig
 from dynacnn.mscnn.pipeline import run_mscnn
+from dynacnn.mscnn.rank import pick_pruning_thresholds
 from dynacnn.mscnn.serialize import load_mscnn, read_mscnn_result
 from dynacnn.mscnn.training import train_mscnn
 from dynacnn.train import TensorBatches, TrainConfig
@@ -74,6 +76,53 @@ def test_units_and_consistency(run) -> None:
     assert result["oracle"]["top1"] >= max(s["top1"] for s in result["stages"])
     assert result["chosen"]["counted_macs_first_batch"] == result["chosen"]["modelled_macs_first_batch"]
     assert result["chosen"]["calib_top1"] >= result["full"]["calib_top1"] - 0.005 - 1e-9
+
+
+def test_top5_everywhere_and_at_least_top1(run) -> None:
+    _, result = run
+    rows = [
+        *result["stages"],
+        result["full"],
+        result["chosen"],
+        result["uniform_chosen"],
+        *result["policies"],
+        *result["bits"]["stages"],
+        *result["bits"]["dynamic"],
+        *result["bits"]["whole_network"]["rows"],
+    ]
+    assert all(row["top5"] >= row["top1"] - 1e-9 for row in rows)
+    assert all(row["calib_top5"] >= row["calib_top1"] - 1e-9 for row in [*result["stages"], result["full"]])
+    assert all(r["smart_test_top5"] >= r["smart_test_top1"] - 1e-9 for r in result["cap_conv"])
+
+
+def test_eq1_candidates_are_pick_pruning_thresholds_choice(run) -> None:
+    _, result = run
+    p_mc = torch.tensor(result["prediction_rank"]["p_mc"], dtype=torch.float64)
+    picked = {tuple(pick_pruning_thresholds(p_mc, t)[:-1]) for t in MC_TARGETS}
+    eq1 = result["cap_fc_eq1"]
+    assert {tuple(c["p_th"]) for c in eq1["candidates"]} == picked
+    assert len(result["all_calib"]["CAP_FC eq1"]) == len(picked)
+    assert eq1["cap_fc_winner"]["is_eq1"] == eq1["cap_fc_winner"]["name"].endswith("eq1")
+    assert eq1["chosen_is_eq1"] == result["chosen"]["policy"].endswith("eq1")
+
+
+def test_whole_network_bits_beside_float(run) -> None:
+    _, result = run
+    whole, stages = result["bits"]["whole_network"], result["bits"]["stages"]
+    assert whole["saturation_bits"] == [row["saturation_bits"] for row in stages]
+    assert all(b >= s for b, s in zip(whole["bits"], whole["saturation_bits"]))
+    keys = {(r["vector"], r["split"], r["policy"]) for r in whole["rows"]}
+    for split in ("calib", "test"):
+        assert {("float", split, "full"), ("saturation", split, "full"), ("saturation", split, "chosen")} <= keys
+    float_test = next(
+        r for r in whole["rows"] if r["vector"] == "float" and r["split"] == "test" and r["policy"] == "full"
+    )
+    assert float_test["top1"] == pytest.approx(result["full"]["top1"])
+    chosen_calib = next(
+        r for r in whole["rows"] if (r["vector"], r["split"], r["policy"]) == ("float", "calib", "chosen")
+    )
+    assert chosen_calib["top1"] == pytest.approx(result["chosen"]["calib_top1"])
+    assert result["cap_conv_ranking"]["split"] == "train"
 
 
 def test_resume_reuses_the_finished_training(run) -> None:

@@ -32,6 +32,8 @@ from dynacnn.mscnn.model import MSCNNConfig, StageConfig, default_config
         ({"drop_z": -1.0}, "drop_z"),
         ({"stages": 1}, "--stages"),
         ({"stages": True}, "--stages"),
+        ({"rank_images": 0}, "rank_images"),
+        ({"rank_images": 2.5}, "rank_images"),
         ({"model": {"stages": []}}, "model"),
         ({"model": MSCNNConfig((StageConfig(),), 1, 10)}, "model: an MS-CNN needs at least 2 stages"),
     ],

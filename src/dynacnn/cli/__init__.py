@@ -33,6 +33,8 @@ from dynacnn.cli.options import (
     Device,
     ImageSize,
     Json,
+    Levels,
+    MaxHyperClassSize,
     Mean,
     Precision,
     Run,
@@ -42,6 +44,7 @@ from dynacnn.cli.options import (
     config_from,
     data_options_of,
     echo_json,
+    multilevel_line,
     progress_to_stderr,
     spread_per_channel,
 )
@@ -243,6 +246,8 @@ def cpcnn(
     resume: bool = typer.Option(False, help="reuse finished parts in --out"),
     memory_format: Literal[MEMORY_FORMATS] = typer.Option("auto", help="auto: the faster of the two, timed"),
     feature_memory: Optional[str] = typer.Option(None, help="for S's cached outputs: auto, 8GB, 0 (recompute S)"),
+    levels: Levels = 1,
+    max_hyper_class_size: MaxHyperClassSize = None,
     seed: int = typer.Option(0),
     device: Device = "auto",
     json_out: Json = False,
@@ -253,11 +258,14 @@ def cpcnn(
     inference measured against the base. From a --run, or from --checkpoint/--arch with --data options."""
     from dynacnn.cpcnn.config import CPCNNConfig
     from dynacnn.cpcnn.discover import use_clusters
+    from dynacnn.cpcnn.multilevel import MultiLevelConfig
     from dynacnn.cpcnn.pipeline import convert
+    from dynacnn.experiments.multilevel import convert_multilevel
     from dynacnn.io import read_json
     from dynacnn.sources import load_source
 
     config = config_from(CPCNNConfig, locals(), n_clusters=hyper_classes).validate()
+    nesting = MultiLevelConfig(levels, max_hyper_class_size).validate()
     options = data_options_of(image_size, mean, std, stream)
     source = load_source(run, checkpoint, arch, data, data_dir, seed=seed, options=options)
     info = source.data.info
@@ -265,18 +273,25 @@ def cpcnn(
     used = use_clusters(out, clusters_file, source.clusters_file, info.class_names, config.n_clusters)
     with progress_to_stderr(json_out):
         typer.echo(used)
-        convert(source.backbone, source.data, out, config, device=device, resume=resume, spec=source.spec)
+        common, multi = {"device": device, "resume": resume, "spec": source.spec}, None
+        if nesting.levels == 2:
+            multi = convert_multilevel(source.backbone, source.data, out, config, nesting, **common)
+        else:
+            convert(source.backbone, source.data, out, config, **common)
     result = read_json(out / "cpcnn.json")
     chosen, base = result["chosen"], result["base"]
     if json_out:
         keys = ("clusters", "split", "configs", "base", "chosen")
-        return echo_json({"clusters_used": used, **{key: result[key] for key in keys}, "out": str(out)})
+        extra = {} if multi is None else {"multilevel": {key: multi[key] for key in ("children", "calib", "test")}}
+        return echo_json({"clusters_used": used, **{key: result[key] for key in keys}, **extra, "out": str(out)})
     typer.echo(f"hyper-classes: {' | '.join(', '.join(group) for group in result['clusters'])}")
     typer.echo(
         f"CP-CNN tau {chosen['tau']}: test top-1 {chosen['top1']:.4f}, {chosen['macs_per_image'] / 1e6:.2f} M MACs/image, "
         f"{chosen['images_per_s']:.0f} images/s (base {base['top1']:.4f}, {base['macs_per_image'] / 1e6:.2f} M, "
         f"{chosen['base_images_per_s']:.0f} images/s); written to {out}"
     )
+    if multi is not None:
+        typer.echo(multilevel_line(multi, out))
 
 
 @app.command()
@@ -294,6 +309,10 @@ def mscnn(
     augment: bool = typer.Option(False, "--augment/--no-augment", help="random crops and flips (docs/departures.md)"),
     precision: Precision = None,
     fc_rows: Literal[FC_ROWS] = typer.Option("batch", help="pruned FC rows: any image's of a sub-batch, or its own"),
+    rank_images: Optional[int] = typer.Option(
+        None, help="training images CAP_CONV's filter ranking is fitted on (10000)"
+    ),
+    quick: bool = typer.Option(False, help="sweep and time less (a smoke run)"),
     seed: int = typer.Option(0),
     device: Device = "auto",
     json_out: Json = False,

@@ -68,6 +68,20 @@ Arch = Annotated[
     typer.Option(parser=external_arch, autocompletion=complete_arch, metavar="ARCH", help=" | ".join(ARCH_HELP)),
 ]
 SourceData = Annotated[Optional[Dataset], typer.Option(help="with --checkpoint: the model's dataset")]
+Levels = Annotated[int, typer.Option(help="2: a nested CP-CNN (S', M', heads) in the largest hyper-class too")]
+MaxHyperClassSize = Annotated[
+    Optional[int], typer.Option(metavar="N", help="--levels 2: split every hyper-class of more than N classes")
+]
+
+
+def multilevel_line(result: dict[str, Any], out: Path) -> str:
+    """`dynacnn cpcnn --levels 2`'s summary of multilevel.json: both models' test figures."""
+    one, two = result["test"]["one_level"], result["test"]["two_level"]
+    return (
+        f"two levels (hyper-classes {', '.join(map(str, result['split_hyper_classes']))} split): test top-1 "
+        f"{two['top1']:.4f}, {two['macs_per_image'] / 1e6:.2f} M MACs/image (one level {one['top1']:.4f}, "
+        f"{one['macs_per_image'] / 1e6:.2f} M); written to {out / 'two_level'} and {out / 'multilevel.md'}"
+    )
 
 
 CONFIG_OPTIONS = ("precision", "feature_memory")

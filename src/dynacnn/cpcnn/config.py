@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from dynacnn.cpcnn.compress import CONFIGURATIONS, available_configurations, check_split
-from dynacnn.cpcnn.policy import DEFAULT_RULE, DEFAULT_WEIGHTING, check_policy, check_tau
+from dynacnn.cpcnn.policy import AUTO, check_policy, check_tau
 from dynacnn.data.stream import available_memory
 from dynacnn.errors import ConfigError
 from dynacnn.models.layout import MEMORY_FORMATS
@@ -90,7 +90,9 @@ class CPCNNConfig:
     `memory_format` "auto" keeps the faster layout by timing. `feature_memory` bounds the memory S's outputs may take
     when cached (bytes, a size such as "8GB", or "auto": `FEATURE_FRACTION` of what is available); the parts that do
     not fit (train, then calibration, then test are cached first) are recomputed from the images per batch.
-    `precision` is the clustifier's and heads' training arithmetic (`TrainConfig.precision`).
+    `precision` is the clustifier's and heads' training arithmetic (`TrainConfig.precision`). `rule` (Alg. 1's
+    "confusion" or our "top") and `weighting` (Eq. 3's "eq3" or "clustifier") fix the policy; "auto" chooses each on
+    the calibration split: every allowed combination at its own tau, the cheapest meeting `max_drop`.
     """
 
     tau: float | None = None
@@ -101,8 +103,8 @@ class CPCNNConfig:
     epochs: int = DEFAULT_EPOCHS
     quick: bool = False
     seed: int = 0
-    rule: str = DEFAULT_RULE
-    weighting: str = DEFAULT_WEIGHTING
+    rule: str = AUTO
+    weighting: str = AUTO
     feature_copies: int = 1
     lr: float = 0.05
     distill: float = DISTILL
@@ -116,7 +118,7 @@ class CPCNNConfig:
         """Every range check; `num_classes` (the data's) bounds `n_clusters`. Returns self."""
         if self.tau is not None:
             check_tau(self.tau)
-        check_policy(self.rule, self.weighting)
+        check_policy(self.rule, self.weighting, allow_auto=True)
         check_max_drop(self.max_drop, "max_drop")
         if self.split is not None:
             check_split(self.split)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -19,78 +19,31 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dynacnn.cpcnn.cache import shared_outputs
+from dynacnn.cpcnn.choice import DROP_Z as DROP_Z
+from dynacnn.cpcnn.choice import Routing as Routing
+from dynacnn.cpcnn.choice import allowed_policies, choose_policy, evaluate_policy, topk_correct
+from dynacnn.cpcnn.choice import choose_tau as choose_tau
 from dynacnn.cpcnn.compress import TABLE1, available_configurations, shared_part
 from dynacnn.cpcnn.model import CPCNN, TrivialHead
-from dynacnn.cpcnn.policy import RULES, WEIGHTINGS, activate, confusion_matrix, merge
+from dynacnn.cpcnn.policy import RULES, WEIGHTINGS, activate, confusion_matrix
 from dynacnn.cpcnn.training import ComponentTrainer, group_index
 from dynacnn.models.fold import fold_batchnorm
 from dynacnn.models.layout import MEMORY_FORMATS, as_format
 from dynacnn.timing import Contender, measure
-from dynacnn.train import paired_drop
 
 TABLE2_TAUS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 SELECTION_TAUS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
-CLUSTIFIER_CONFIGS = ("LP", "LC")
+CLUSTIFIER_CONFIGS = ("LP", "LC", "L44")
+"""Clustifier candidates: ours (LP, LC) and the paper's (L44, Table 1's compression of every stage; only where S
+leaves all four stages to the clustifier, i.e. at split "stem")."""
 HEAD_TOLERANCES = (5.0, 3.0, 2.0, 1.5, 1.0, 0.5, 0.25, 0.0)
 """Points of a hyper-class's calibration top-1 a cheaper head configuration may lose against the best: with
 `head_tolerance=None` the largest of these whose CP-CNN still meets `max_drop` on the calibration split."""
 CLUSTIFIER_TOLERANCE = 0.2
 """Points of hyper-class calibration top-1 a cheaper clustifier configuration may lose against the best."""
-DROP_Z = 2.0
-"""`--max-drop` counts the calibration drop plus this many standard errors of the paired per-image difference, as
-the MS-CNN's choice does: the cheapest point that merely meets max_drop sits at the edge, so its test drop would
-exceed max_drop half the time."""
 TIMING_BATCH = 256
 TIMING_IMAGES = 2560
 TIMING_REPEATS = 7
-
-
-def evaluate_policy(
-    v: torch.Tensor,
-    head_probs: list[torch.Tensor],
-    members: list[list[int]],
-    labels: torch.Tensor,
-    confusion: torch.Tensor,
-    tau: float,
-    rule: str,
-    weighting: str,
-    fixed_macs: float,
-    head_macs: torch.Tensor,
-    active: torch.Tensor | None = None,
-    reference: torch.Tensor | None = None,
-) -> dict[str, Any]:
-    """Top-1, MACs per image, histogram of active heads and MACs per hyper-class for one policy (or a given active set).
-
-    With `reference` (the base model's per-image correctness on the same images) the row also holds `drop_se`,
-    the standard error of the paired per-image top-1 difference (for `choose_tau`)."""
-    if active is None:
-        active, weights = activate(v, confusion, tau, rule, weighting)
-    else:
-        weights = active.to(v.dtype) / active.sum(1, keepdim=True)
-    index = [torch.as_tensor(group) for group in members]
-    probs = merge(weights, head_probs, index, sum(len(group) for group in members))
-    per_head = (active.double() * head_macs.double()).mean(0)
-    correct = probs.argmax(1) == labels
-    paired = {} if reference is None else {"drop_se": paired_drop(reference, correct)[1]}
-    return {
-        "tau": tau,
-        "top1": float(correct.double().mean()),
-        **paired,
-        "macs_per_image": float(fixed_macs + per_head.sum()),
-        "activated_hist": torch.bincount(active.sum(1) - 1, minlength=v.shape[1]).tolist(),
-        "head_macs_per_image": per_head.tolist(),
-    }
-
-
-def choose_tau(
-    rows: list[dict[str, Any]], base_top1: float, max_drop: float, z: float = DROP_Z
-) -> tuple[dict[str, Any], bool]:
-    """`--max-drop`: the cheapest tau whose calibration top-1 is within max_drop points of the base model's,
-    counting the drop plus `z` standard errors of the paired difference (`drop_se`) where the row has one."""
-    fine = [row for row in rows if base_top1 - row["top1"] + z * row.get("drop_se", 0.0) <= max_drop / 100 + 1e-12]
-    if not fine:
-        return max(rows, key=lambda row: (row["top1"], -row["macs_per_image"])), False
-    return min(fine, key=lambda row: (row["macs_per_image"], -row["top1"])), True
 
 
 def pick_cheapest(records: Mapping[str, dict[str, Any]], tolerance_points: float) -> str:
@@ -105,9 +58,24 @@ def restricted(probs: torch.Tensor, members: list[list[int]]) -> list[torch.Tens
     return [probs[:, group] / probs[:, group].sum(1, keepdim=True).clamp_min(1e-30) for group in members]
 
 
-def clustifier_candidates(fixed: Mapping[str, str]) -> list[str]:
-    """The clustifier configurations to train: the fixed one, else `CLUSTIFIER_CONFIGS`."""
-    return [fixed["clustifier"]] if "clustifier" in fixed else list(CLUSTIFIER_CONFIGS)
+def clustifier_candidates(fixed: Mapping[str, str], split: str | None = None) -> list[str]:
+    """The clustifier configurations to train: the fixed one, else those of `CLUSTIFIER_CONFIGS` available at
+    `split` (all of them when no split is given)."""
+    if "clustifier" in fixed:
+        return [fixed["clustifier"]]
+    return [name for name in CLUSTIFIER_CONFIGS if split is None or name in available_configurations(split)]
+
+
+def clustifier_skipped(fixed: Mapping[str, str], split: str) -> dict[str, str]:
+    """The `CLUSTIFIER_CONFIGS` not trained at `split`, each with the reason."""
+    if "clustifier" in fixed:
+        return {}
+    kept = clustifier_candidates(fixed, split)
+    return {
+        name: f"replaces stages inside S (split {split}); Table 1's {name} needs split stem"
+        for name in CLUSTIFIER_CONFIGS
+        if name not in kept
+    }
 
 
 def head_candidates(
@@ -120,19 +88,6 @@ def head_candidates(
     allowed = available_configurations(split)
     table1_names = [name for name in allowed if name in TABLE1]
     return list(candidates or ([table1_names[0], table1_names[-1], "LP"] if quick else allowed))
-
-
-@dataclass(frozen=True)
-class Routing:
-    """What a policy row needs besides the outputs: the confusion matrix, MACs of S + M, MACs of each head."""
-
-    confusion: torch.Tensor
-    fixed_macs: float
-    head_macs: torch.Tensor
-
-    @classmethod
-    def of(cls, model: CPCNN, confusion: torch.Tensor) -> Routing:
-        return cls(confusion, model.fixed_macs, model.head_macs.cpu())
 
 
 @dataclass(frozen=True)
@@ -159,6 +114,10 @@ class SplitView:
     @property
     def base_top1(self) -> float:
         return float(self.base_correct.double().mean())
+
+    @property
+    def base_top5(self) -> float:
+        return float(topk_correct(self.base_probs, self.labels).double().mean())
 
     def rows(
         self,
@@ -192,13 +151,31 @@ class SplitView:
             for tau in taus
         ]
 
+    def choose(
+        self, v: torch.Tensor, head_probs: list[torch.Tensor], routing: Routing
+    ) -> tuple[dict[str, Any], bool, list[dict[str, Any]]]:
+        """`choice.choose_policy` on this view: each rule x weighting at its own tau (the given one, else the
+        cheapest of `SELECTION_TAUS` meeting max_drop); the winner among this view's allowed combinations ("auto":
+        all), whether it meets max_drop, and all four candidates (each with its rule and weighting)."""
+        taus = SELECTION_TAUS if self.tau is None else [self.tau]
+
+        def rows_for(rule: str, weighting: str) -> list[dict[str, Any]]:
+            return self.rows(v, head_probs, routing, taus, True, rule, weighting)
+
+        allowed = allowed_policies(self.rule, self.weighting)
+        return choose_policy(rows_for, allowed, self.base_top1, self.max_drop)
+
     def point(
         self, v: torch.Tensor, head_probs: list[torch.Tensor], routing: Routing
     ) -> tuple[dict[str, Any], bool | None]:
-        """The operating point: the cheapest tau that meets max_drop (and whether one does), or the given tau (None)."""
-        if self.tau is not None:
-            return self.rows(v, head_probs, routing, [self.tau], paired=False)[0], None
-        return choose_tau(self.rows(v, head_probs, routing, SELECTION_TAUS), self.base_top1, self.max_drop)
+        """The operating point (`choose`'s winner, with its rule and weighting) and whether it meets max_drop (None
+        when tau is given)."""
+        row, ok, _ = self.choose(v, head_probs, routing)
+        return row, None if self.tau is not None else ok
+
+    def resolved(self, row: Mapping[str, Any]) -> SplitView:
+        """This view with the rule and weighting of a chosen row."""
+        return replace(self, rule=row["rule"], weighting=row["weighting"])
 
     def one_head(
         self, v: torch.Tensor, head_probs: list[torch.Tensor], which: torch.Tensor, routing: Routing
@@ -235,7 +212,6 @@ def choose_heads(
     """Heads by `pick_cheapest` at the largest tolerance (of `HEAD_TOLERANCES`, or the given one) whose CP-CNN meets
     max_drop on calibration; returns every tolerance tried and the chosen row (the last tried if none meets it)."""
     trivial = [len(group) == 1 for group in cal.members]
-    taus = SELECTION_TAUS if cal.tau is None else [cal.tau]
     search = []
     for tolerance in HEAD_TOLERANCES if head_tolerance is None else (head_tolerance,):
         names = ["trivial" if trivial[g] else pick_cheapest(table1[f"h{g}"], tolerance) for g in range(len(trivial))]
@@ -244,13 +220,14 @@ def choose_heads(
             for g, name in enumerate(names)
         ]
         macs = torch.tensor([0 if trivial[g] else table1[f"h{g}"][name]["macs"] for g, name in enumerate(names)])
-        rows = cal.rows(v, probs, Routing(confusion, fixed_macs, macs), taus)
-        point, ok = choose_tau(rows, cal.base_top1, cal.max_drop)
+        point, ok, _ = cal.choose(v, probs, Routing(confusion, fixed_macs, macs))
         search.append(
             {
                 "tolerance_points": tolerance,
                 "heads": names,
                 "tau": point["tau"],
+                "rule": point["rule"],
+                "weighting": point["weighting"],
                 "calib_top1": point["top1"],
                 "calib_macs_per_image": point["macs_per_image"],
                 "meets_max_drop": ok,
@@ -266,10 +243,19 @@ def policy_rows(
     v: Mapping[str, torch.Tensor],
     probs: Mapping[str, list[torch.Tensor]],
     routing: Routing,
+    candidates: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The report's policy rows of one CP-CNN from its cached outputs on `views` "calib" and "test": every rule x
-    weighting x `SELECTION_TAUS` on both, Table 2 (test), the tau sweep on calibration, CC-ideal and oracle."""
+    """The report's policy rows of one CP-CNN from its cached outputs on `views` "calib" and "test" (resolved to the
+    chosen rule and weighting): every rule x weighting x `SELECTION_TAUS` on both, Table 2 (test), the tau sweep on
+    calibration, CC-ideal and oracle; with `candidates` (`SplitView.choose`'s, fitted on calibration), "table2_policies":
+    each candidate's calibration row beside its test row at the same tau (reported, never used to choose)."""
     cal, test = views["calib"], views["test"]
+    table2 = []
+    for row in candidates:
+        policy = (row["rule"], row["weighting"])
+        tested = test.rows(v["test"], probs["test"], routing, [row["tau"]], False, *policy)[0]
+        keep = ("rule", "weighting", "tau", "eligible", "chosen", "meets_max_drop")
+        table2.append({**{key: row[key] for key in keep}, "calib": _summary(row), "test": _summary(tested)})
     comparison = []
     for rule in RULES:
         for weighting in WEIGHTINGS:
@@ -283,7 +269,13 @@ def policy_rows(
         "cc_ideal": test.one_head(v["test"], probs["test"], v["test"].argmax(1), routing),
         "oracle": test.one_head(v["test"], probs["test"], test.groups, routing),
         "oracle_calib": cal.one_head(v["calib"], probs["calib"], cal.groups, routing),
+        "table2_policies": table2,
     }
+
+
+def _summary(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A policy row's top-1, top-5, MACs and activated-head histogram."""
+    return {key: row[key] for key in ("top1", "top5", "macs_per_image", "activated_hist")}
 
 
 @dataclass(frozen=True)
@@ -350,10 +342,9 @@ def _split_point(
     heads = [
         TrivialHead() if len(group) == 1 else trainer.make_head(split, "L0", len(group), group) for group in members
     ]
-    model = CPCNN(shared, clustifier, heads, members, confusion, shape, rule=cal.rule, weighting=cal.weighting)
-    model = model.to(device)
+    model = CPCNN(shared, clustifier, heads, members, confusion, shape).to(device)
     row, ok = cal.point(v, restricted(cal.base_probs.double(), members), Routing.of(model, confusion))
-    model.set_policy(row["tau"])
+    model.set_policy(row["tau"], row["rule"], row["weighting"])
     smallest = [name for name in available_configurations(split) if name in TABLE1][-1]
     compressed_heads = [
         TrivialHead() if len(group) == 1 else trainer.make_head(split, smallest, len(group)) for group in members
@@ -366,10 +357,10 @@ def _split_point(
         confusion,
         shape,
         tau=row["tau"],
-        rule=cal.rule,
-        weighting=cal.weighting,
+        rule=row["rule"],
+        weighting=row["weighting"],
     ).to(device)
-    active = activate(v, confusion, row["tau"], cal.rule, cal.weighting)[0]
+    active = activate(v, confusion, row["tau"], row["rule"], row["weighting"])[0]
     compressed_macs = float(compressed.image_macs(active).double().mean())
     speed = timing.speeds({"base": backbone, "routed": model, "compressed": compressed})
     return {
@@ -379,6 +370,8 @@ def _split_point(
         "clustifier_macs": model.clustifier_macs,
         "clustifier_calib_top1": record["calib_top1"],
         "tau": row["tau"],
+        "rule": row["rule"],
+        "weighting": row["weighting"],
         "calib_top1": row["top1"],
         "macs_per_image": row["macs_per_image"],
         "meets_max_drop": ok is not False,

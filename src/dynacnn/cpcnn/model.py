@@ -12,6 +12,10 @@ The MACs each image executed come from a cost table counted once for one image w
 S + M + the sum of its active heads. `count_call_macs(model, x)` measures the same total from the ops
 that actually ran (tests check the equality).
 
+Levels (Fig. 1 bottom, "Steps 1 and 2 could be repeated"): a head may itself be a `CPCNN` on S's output, with its
+own S', M', heads and tau; its members index the parent hyper-class's classes. Its cost-table entry is S' + M', and
+each image routed to it adds the MACs of the sub-heads it activates there (`route` and `forward_dense` recurse).
+
 Speed: run it under the memory format its weights are in (`.to(memory_format=torch.channels_last)` and
 channels_last inputs on CPU, where oneDNN is several times faster for these small convolutions); the routing is
 not differentiable and runs without autograd. Under `torch.autocast` the networks run in reduced precision and
@@ -29,6 +33,12 @@ from torch import nn
 from dynacnn.cpcnn.policy import DEFAULT_RULE, DEFAULT_WEIGHTING, activate, check_policy, check_tau, merge
 from dynacnn.errors import ConfigError
 from dynacnn.flops import count_macs
+
+
+def on_device_of(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`x` on the device of `module`'s first parameter (MACs do not depend on the device; parts may sit apart)."""
+    param = next(module.parameters(), None)
+    return x if param is None else x.to(param.device)
 
 
 class TrivialHead(nn.Module):
@@ -113,14 +123,41 @@ class CPCNN(nn.Module):
     @torch.no_grad()
     def count_costs(self) -> None:
         """The per-component cost table: MACs of one image through S, M and each head (dynacnn.flops)."""
-        device = self.confusion.device
-        x = torch.zeros(1, *self.input_shape, device=device)
+        x = on_device_of(self.shared, torch.zeros(1, *self.input_shape))
         self.shared_macs = count_macs(self.shared, x).macs
         features = self.shared(x)
-        self.clustifier_macs = count_macs(self.clustifier, features).macs
+        self.clustifier_macs = count_macs(self.clustifier, on_device_of(self.clustifier, features)).macs
         self.fixed_macs = self.shared_macs + self.clustifier_macs
-        costs = [0 if isinstance(head, TrivialHead) else count_macs(head, features).macs for head in self.heads]
+        costs = []
+        for g, head in enumerate(self.heads):
+            if isinstance(head, CPCNN):
+                if head.input_shape != tuple(features.shape[1:]) or head.num_classes != len(self.members[g]):
+                    raise ConfigError(
+                        f"the nested CP-CNN of hyper-class {g} takes {head.input_shape} with {head.num_classes} "
+                        f"classes, but S gives {tuple(features.shape[1:])} and the hyper-class has "
+                        f"{len(self.members[g])}; build it on S's output over the hyper-class's classes"
+                    )
+                costs.append(head.fixed_macs)
+            else:
+                costs.append(
+                    0 if isinstance(head, TrivialHead) else count_macs(head, on_device_of(head, features)).macs
+                )
         self.head_macs.copy_(torch.tensor(costs, dtype=torch.long))
+
+    @property
+    def depth(self) -> int:
+        """Levels of routing: 1 for S, M and plain heads; 1 + the deepest nested CP-CNN's otherwise."""
+        return 1 + max((head.depth for head in self.heads if isinstance(head, CPCNN)), default=0)
+
+    def set_taus(self, taus: Sequence[float]) -> CPCNN:
+        """A tau per level (`taus[0]` here, `taus[1]` for every nested CP-CNN, ...); levels not given keep theirs."""
+        if not 1 <= len(taus) <= self.depth:
+            raise ConfigError(f"{len(taus)} taus for a CP-CNN of {self.depth} level(s); give one per level")
+        self.set_policy(taus[0])
+        for head in self.heads:
+            if isinstance(head, CPCNN) and len(taus) > 1:
+                head.set_taus(taus[1:])
+        return self
 
     def member_index(self, group: int) -> torch.Tensor:
         """Class ids (a LongTensor buffer) of hyper-class `group`."""
@@ -130,9 +167,11 @@ class CPCNN(nn.Module):
         """Alg. 1 / Eq. 1 active sets and Eq. 3 weights for clustifier probabilities v (B, G)."""
         return activate(v, self.confusion.to(v.dtype), self.tau, self.rule, self.weighting)
 
-    def image_macs(self, active: torch.Tensor) -> torch.Tensor:
-        """MACs each image executes: S + M + its active heads (B,), from the cost table (no matmul: not counted)."""
-        return self.fixed_macs + (active.long() * self.head_macs).sum(1)
+    def image_macs(self, active: torch.Tensor, nested: torch.Tensor | None = None) -> torch.Tensor:
+        """MACs each image executes: S + M + its active heads (B,), from the cost table (no matmul: not counted),
+        plus `nested` (B,): the sub-heads it ran inside nested CP-CNNs."""
+        macs = self.fixed_macs + (active.long() * self.head_macs).sum(1)
+        return macs if nested is None else macs + nested
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities (B, K) of the routed model (Eq. 3 merge of the active heads)."""
@@ -146,6 +185,7 @@ class CPCNN(nn.Module):
         active, weights = self.policy(v)
         batch = x.shape[0]
         probs = v.new_zeros(batch, self.num_classes)
+        nested = torch.zeros(batch, dtype=torch.long, device=x.device)
         counts = active.sum(0).tolist()
         for group, head in enumerate(self.heads):
             if counts[group] == 0:
@@ -160,20 +200,46 @@ class CPCNN(nn.Module):
             weight = weights[:, group].index_select(0, rows)[:, None]
             if isinstance(head, TrivialHead):
                 probs[rows[:, None], classes] = weight
+            elif isinstance(head, CPCNN):
+                sub = head.route(head_input)
+                probs[rows[:, None], classes] = sub.probs * weight
+                nested[rows] += sub.macs - head.fixed_macs
             else:
                 probs[rows[:, None], classes] = torch.softmax(head(head_input).float(), dim=1) * weight
-        return RoutedOutput(probs, self.image_macs(active), active)
+        return RoutedOutput(probs, self.image_macs(active, nested), active)
 
     @torch.no_grad()
     def head_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Dense: clustifier probabilities v (B, G) and every head's probabilities on every image (for sweeps)."""
+        """Dense: clustifier probabilities v (B, G) and every head's probabilities on every image (for sweeps); a
+        nested CP-CNN gives its own dense reference's probabilities."""
+        v, head_probs, _ = self._dense(x)
+        return v, head_probs
+
+    @torch.no_grad()
+    def _dense(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor | None]]:
+        """v, every head's probabilities, and for each nested head the MACs of its active sub-heads per image."""
         features = self.shared(x)
         v = torch.softmax(self.clustifier(features).float(), dim=1)
-        return v, [torch.softmax(head(features).float(), dim=1) for head in self.heads]
+        head_probs, extra = [], []
+        for head in self.heads:
+            if isinstance(head, CPCNN):
+                sub = head.forward_dense(features)
+                head_probs.append(sub.probs)
+                extra.append(sub.macs - head.fixed_macs)
+            else:
+                head_probs.append(torch.softmax(head(features).float(), dim=1))
+                extra.append(None)
+        return v, head_probs, extra
 
     def forward_dense(self, x: torch.Tensor) -> RoutedOutput:
-        """Every head on every image, merged with the same weights (zero outside the active set): the reference."""
-        v, head_probs = self.head_outputs(x)
+        """Every head on every image, merged with the same weights (zero outside the active set): the reference.
+        Nested CP-CNNs run densely too; the MACs are those the routed model would execute."""
+        v, head_probs, extra = self._dense(x)
         active, weights = self.policy(v)
         members = [self.member_index(g) for g in range(len(self.heads))]
-        return RoutedOutput(merge(weights, head_probs, members, self.num_classes), self.image_macs(active), active)
+        nested = torch.zeros(len(v), dtype=torch.long, device=v.device)
+        for g, macs in enumerate(extra):
+            if macs is not None:
+                nested += active[:, g].long() * macs
+        probs = merge(weights, head_probs, members, self.num_classes)
+        return RoutedOutput(probs, self.image_macs(active, nested), active)

@@ -13,14 +13,16 @@ steps over one `Conversion`:
 4. `cache_outputs`: S's outputs for the training images (one clean copy plus `feature_copies - 1` fixed augmented
    copies; each training sample is drawn from one of its copies), calibration and test; the backbone's logits. Each
    part is cached while `feature_memory` lasts, else recomputed from its images per batch (cpcnn.json "features").
-5. `train_clustifier`: M in each candidate configuration on the cached outputs with S frozen, distilled from the
-   backbone's hyper-class probabilities; the cheapest within `CLUSTIFIER_TOLERANCE` points of the best is kept.
+5. `train_clustifier`: M in each candidate configuration (LP, LC and, at split stem, the paper's L44) on the cached
+   outputs with S frozen, distilled from the backbone's hyper-class probabilities; the cheapest within
+   `CLUSTIFIER_TOLERANCE` points of the best is kept.
    Its confusion matrix is measured on the calibration split (the paper used its test set).
 6. `train_heads`: H_g in each candidate configuration, starting from the backbone's weights where their stages are
    kept, distilled from its restricted logits. Single-class hyper-classes get a `TrivialHead`.
 7. `choose_point`: the heads (the cheapest within the largest of `HEAD_TOLERANCES` whose CP-CNN meets `max_drop`, the
-   paper's {C0: L44, C1: L1, ...}, unless `configs` fixes them) and tau on calibration; every policy row from cached
-   per-head outputs: rules x weightings x tau, Table 2 on test, CC-ideal and oracle rows.
+   paper's {C0: L44, C1: L1, ...}, unless `configs` fixes them), tau, rule and weighting on calibration ("auto":
+   every rule x weighting at its own tau, the cheapest meeting `max_drop`); every policy row from cached per-head
+   outputs: rules x weightings x tau, Table 2 on test (each combination at its calibration tau), CC-ideal, oracle.
 8. `measure_test`: the chosen point once on the test split by real routed inference, and images/s at batch 256 of the
    routed and the base model side by side (`explore.Timing`).
 9. `save`: cpcnn.safetensors + cpcnn_model.json, cpcnn.json (its "settings" are `CPCNNConfig.to_dict()`), the report.
@@ -32,7 +34,7 @@ settings match and continues interrupted training from its checkpoint (`training
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -42,9 +44,11 @@ from torch import nn
 
 from dynacnn import distributed
 from dynacnn.cpcnn import explore
-from dynacnn.cpcnn.cache import CachedSplit, RecomputedSplit, class_probs, normalised_images, shared_outputs
+from dynacnn.cpcnn.cache import class_probs, normalised_images, shared_outputs
+from dynacnn.cpcnn.choice import topk_correct
 from dynacnn.cpcnn.compress import SPLIT_POINTS, check_backbone, shared_part, table1_reduction
 from dynacnn.cpcnn.config import CPCNNConfig
+from dynacnn.cpcnn.conversion import Conversion
 from dynacnn.cpcnn.discover import hyper_classes
 from dynacnn.cpcnn.explore import Routing, SplitView, Timing
 from dynacnn.cpcnn.model import CPCNN, TrivialHead
@@ -62,57 +66,10 @@ from dynacnn.train import resolve_device
 
 NOTES = [
     "accuracies are fractions in [0, 1]; MACs are per image (torch.utils.flop_counter FLOPs / 2)",
-    "clusters, configurations, the confusion matrix, the rule comparison and tau are fitted on the calibration split; "
+    "clusters, configurations, the confusion matrix, rule, weighting and tau are fitted on the calibration split; "
     "the test split is used for the report (Table 2 rows, the chosen point)",
     "the paper measured its confusion matrix on its test set; this one comes from the calibration split",
 ]
-
-
-@dataclass
-class Conversion:
-    """One `convert`: its inputs, then what each step adds (empty until that step has run)."""
-
-    backbone: nn.Module
-    data: Any
-    out: Path
-    config: CPCNNConfig
-    device: torch.device
-    resume: bool
-    spec: dict[str, Any]
-    timing: Timing
-    format_name: str
-    format_speed: dict[str, float]
-    base: dict[str, Any] = field(default_factory=dict)
-    clusters: dict[str, Any] = field(default_factory=dict)
-    cal: SplitView | None = None
-    trainer: ComponentTrainer | None = None
-    split_rows: list[dict[str, Any]] = field(default_factory=list)
-    split: str = ""
-    shared: nn.Module | None = None
-    cache: dict[str, CachedSplit | RecomputedSplit] = field(default_factory=dict)
-    features: dict[str, Any] = field(default_factory=dict)
-    """How S's outputs were kept: the budget, bytes per part and each part's mode ("cache" or "recompute")."""
-    table1: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    clustifier_name: str = ""
-    clustifier: nn.Module | None = None
-    v: dict[str, torch.Tensor] = field(default_factory=dict)
-    confusion: torch.Tensor | None = None
-    heads: list[dict[str, tuple[nn.Module, torch.Tensor]]] = field(default_factory=list)
-    """Per hyper-class: {configuration: (trained head, its calibration probabilities)}."""
-    model: CPCNN | None = None
-    rows: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def members(self) -> list[list[int]]:
-        return self.cal.members
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.data.info.input_shape)
-
-    def macs(self, module: nn.Module) -> int:
-        """MACs per image of a head or clustifier on S's output."""
-        return count_macs(module, self.cache["calib"].example(self.device)).macs
 
 
 def convert(
@@ -237,15 +194,14 @@ def cache_outputs(conv: Conversion) -> None:
 def train_clustifier(conv: Conversion) -> None:
     """Step 5: M in each candidate configuration, the cheapest within `CLUSTIFIER_TOLERANCE` points of the best
     kept; its probabilities on calibration and test, and its confusion matrix on calibration."""
-    names = explore.clustifier_candidates(conv.config.parsed_configs[0])
+    fixed = conv.config.parsed_configs[0]
+    names = explore.clustifier_candidates(fixed, conv.split)
+    conv.clustifier_skipped = explore.clustifier_skipped(fixed, conv.split)
     train = partial(conv.trainer.clustifier, conv.split, cache=conv.cache)  # independent given S: one per rank
     trained = distributed.map_components(train, names, conv.device)
     conv.trainer.finished.update(component_key(conv.split, "clustifier", name) for name in names)
     modules = {name: module for name, (module, _) in zip(names, trained)}
-    records = {
-        name: {"calib_top1": record["calib_top1"], "macs": conv.macs(module)}
-        for name, (module, record) in zip(names, trained)
-    }
+    records = {name: _record(record, conv.macs(module)) for name, (module, record) in zip(names, trained)}
     conv.table1["clustifier"] = records
     conv.clustifier_name = explore.pick_cheapest(records, explore.CLUSTIFIER_TOLERANCE)
     conv.clustifier = modules[conv.clustifier_name]
@@ -276,13 +232,19 @@ def train_heads(conv: Conversion) -> None:
         records = {}
         for (name, (module, record)), probs in zip(mine, calib_probs):
             conv.heads[g][name] = (module, probs)
-            records[name] = {"calib_top1": record["calib_top1"], "macs": conv.macs(module)}
+            records[name] = _record(record, conv.macs(module))
         conv.table1[f"h{g}"] = records
     del conv.cache["train"]
 
 
+def _record(record: dict[str, Any], macs: int) -> dict[str, Any]:
+    """A Table 1 cell: calibration top-1 (top-5 where the component was trained after top-5 was recorded), MACs."""
+    return {"calib_top1": record["calib_top1"], "calib_top5": record.get("calib_top5"), "macs": macs}
+
+
 def choose_point(conv: Conversion) -> None:
-    """Step 7: heads and tau on calibration, the routed model at that tau, and every policy row from cached outputs."""
+    """Step 7: heads, tau, rule and weighting on calibration (`SplitView.choose`: with "auto", every combination at
+    its own tau, the cheapest meeting max_drop), the routed model there, and every policy row from cached outputs."""
     cal, test, c = conv.cal, conv.base["test"], conv.config
     fixed_macs = count_macs(conv.shared, torch.zeros(1, *conv.input_shape, device=conv.device)).macs
     fixed_macs += conv.table1["clustifier"][conv.clustifier_name]["macs"]
@@ -291,19 +253,26 @@ def choose_point(conv: Conversion) -> None:
         conv.table1, calib_probs, conv.v["calib"], conv.confusion, fixed_macs, cal, c.head_tolerance
     )
     heads = [TrivialHead() if name == "trivial" else conv.heads[g][name][0] for g, name in enumerate(chosen["heads"])]
-    policy = {"rule": c.rule, "weighting": c.weighting}
-    model = CPCNN(conv.shared, conv.clustifier, heads, conv.members, conv.confusion, conv.input_shape, **policy)
+    model = CPCNN(conv.shared, conv.clustifier, heads, conv.members, conv.confusion, conv.input_shape)
     model = model.to(conv.device).eval()
     routing = Routing.of(model, conv.confusion)
     probs = {part: conv.cache[part].probs(heads, conv.device) for part in ("calib", "test")}
-    point, meets = cal.point(conv.v["calib"], probs["calib"], routing)
-    model.set_policy(point["tau"])
+    point, meets, candidates = cal.choose(conv.v["calib"], probs["calib"], routing)
+    meets = None if cal.tau is not None else meets
+    model.set_policy(point["tau"], point["rule"], point["weighting"])
     conv.model = model
+    cal, test = cal.resolved(point), test.resolved(point)
+    views = {"calib": cal, "test": test}
     conv.rows = {
         "tolerance_search": search,
         "heads": chosen["heads"],
         "head_tolerance_points": chosen["tolerance_points"],
-        "policies": explore.policy_rows({"calib": cal, "test": test}, conv.v, probs, routing),
+        "policies": explore.policy_rows(views, conv.v, probs, routing, candidates),
+        "policy_choice": {
+            "requested": {"rule": c.rule, "weighting": c.weighting},
+            "chosen": {"rule": model.rule, "weighting": model.weighting},
+            "candidates": candidates,
+        },
         "point": point,
         "meets": meets,
         "cached": test.rows(conv.v["test"], probs["test"], routing, [model.tau], paired=False)[0],
@@ -313,27 +282,30 @@ def choose_point(conv: Conversion) -> None:
 def measure_test(conv: Conversion) -> None:
     """Step 8: the chosen point once on the test split by real routed inference; images/s beside the base's."""
     model, test, c = conv.model, conv.data.test, conv.config
-    probs, macs = [], []
+    probs, macs = [], []  # the routed model's own outputs: the merged probabilities it serves
     for images, _ in batches(test, conv.data.info, explore.TIMING_BATCH, device=conv.device):
         routed = model.route(as_format(images, MEMORY_FORMATS[conv.format_name]))
         probs.append(routed.probs.cpu())
         macs.append(routed.macs.cpu())
     speed = conv.timing.speeds({"base": conv.backbone, "routed": model})
     point, cached, base = conv.rows["point"], conv.rows["cached"], conv.base["test"]
+    probs = torch.cat(probs)
     top1, macs_per_image = (
-        float((torch.cat(probs).argmax(1) == test.labels).double().mean()),
+        float((probs.argmax(1) == test.labels).double().mean()),
         float(torch.cat(macs).double().mean()),
     )
     conv.rows["chosen"] = {
         "tau": model.tau,
-        "rule": c.rule,
-        "weighting": c.weighting,
+        "rule": model.rule,
+        "weighting": model.weighting,
         "top1": top1,
+        "top5": float(topk_correct(probs, test.labels).double().mean()),
         "macs_per_image": macs_per_image,
         "images_per_s": speed["routed"]["images_per_s"],
         "base_images_per_s": speed["base"]["images_per_s"],
         "speedup": speed["routed"]["wall_speedup_median"],
         "calib_top1": point["top1"],
+        "calib_top5": point["top5"],
         "calib_macs_per_image": point["macs_per_image"],
         "max_drop": None if c.tau is not None else c.max_drop,
         "drop_z": explore.DROP_Z,
@@ -370,7 +342,13 @@ def save(conv: Conversion) -> dict[str, Any]:
     result = {
         "format_version": FORMAT_VERSION,
         "dataset": info.name,
-        "base": {"top1": conv.base["test"].base_top1, "calib_top1": cal.base_top1, "macs_per_image": conv.base["macs"]},
+        "base": {
+            "top1": conv.base["test"].base_top1,
+            "top5": conv.base["test"].base_top5,
+            "calib_top1": cal.base_top1,
+            "calib_top5": cal.base_top5,
+            "macs_per_image": conv.base["macs"],
+        },
         "clusters": [[info.class_names[c] for c in group] for group in conv.members],
         "cluster_ids": conv.members,
         "clusters_source": conv.clusters.get("similarity", "given"),
@@ -380,9 +358,11 @@ def save(conv: Conversion) -> dict[str, Any]:
         "configs": {"clustifier": conv.clustifier_name, "heads": rows["heads"]},
         "costs": {"shared": model.shared_macs, "clustifier": model.clustifier_macs, "heads": model.head_macs.tolist()},
         "table1": conv.table1,
+        "clustifier_skipped": conv.clustifier_skipped,
         "tolerance_search": rows["tolerance_search"],
         "confusion_calib": conv.confusion.long().tolist(),
-        "policy": {"rule": conv.config.rule, "weighting": conv.config.weighting},
+        "policy": {"rule": model.rule, "weighting": model.weighting},
+        "policy_choice": rows["policy_choice"],
         **rows["policies"],
         "chosen": rows["chosen"],
         "table1_resnet18": [dict(row) for row in table1_reduction()],

@@ -32,6 +32,9 @@ RULES = ("confusion", "top")
 WEIGHTINGS = ("eq3", "clustifier")
 DEFAULT_RULE = "top"
 DEFAULT_WEIGHTING = "clustifier"
+"""What a `CPCNN` built without a policy uses; conversions choose theirs on the calibration split (`AUTO`)."""
+AUTO = "auto"
+"""`CPCNNConfig.rule` / `weighting`: choose it on the calibration split (`cpcnn.choice.choose_policy`)."""
 
 
 def check_tau(tau: float) -> float:
@@ -41,12 +44,14 @@ def check_tau(tau: float) -> float:
     return float(tau)
 
 
-def check_policy(rule: str, weighting: str) -> None:
-    """Refuse unknown rule / weighting names."""
-    if rule not in RULES:
-        raise ConfigError(f"unknown activation rule {rule!r}; use one of {', '.join(RULES)}")
-    if weighting not in WEIGHTINGS:
-        raise ConfigError(f"unknown weighting {weighting!r}; use one of {', '.join(WEIGHTINGS)}")
+def check_policy(rule: str, weighting: str, allow_auto: bool = False) -> None:
+    """Refuse unknown rule / weighting names (and `AUTO` unless `allow_auto`)."""
+    extra = (AUTO,) if allow_auto else ()
+    hint = f" or {AUTO} (chosen on the calibration split)" if allow_auto else ""
+    if rule not in (*RULES, *extra):
+        raise ConfigError(f"unknown activation rule {rule!r}; use one of {', '.join(RULES)}{hint}")
+    if weighting not in (*WEIGHTINGS, *extra):
+        raise ConfigError(f"unknown weighting {weighting!r}; use one of {', '.join(WEIGHTINGS)}{hint}")
 
 
 def _check_inputs(v: torch.Tensor, confusion: torch.Tensor | None, needs_confusion: bool) -> None:

@@ -1,5 +1,6 @@
 """Saving and loading a CP-CNN (`cpcnn.safetensors` + `cpcnn_model.json`), its backbone's description and its
-hyper-classes (`clusters.json`)."""
+hyper-classes (`clusters.json`). A nested level (Fig. 1 bottom) is described in place of its head's configuration
+name (`levels.py`); its weights, confusion matrix included, are in the same safetensors file."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 from torch import nn
 
 from dynacnn.cpcnn.compress import build_head, check_backbone, shared_part
-from dynacnn.cpcnn.model import CPCNN, TrivialHead, check_members
+from dynacnn.cpcnn.levels import build_heads, describe_heads
+from dynacnn.cpcnn.model import CPCNN, check_members
 from dynacnn.errors import CheckpointError, ConfigError
 from dynacnn.io import ensure_dir, read_json, write_json
 from dynacnn.models import ARCH_HELP, ResNet, build_external, build_resnet, external_arch
@@ -82,7 +84,8 @@ def build_backbone(spec: Mapping[str, Any]) -> nn.Module:
 
 
 def save_cpcnn(model: CPCNN, out_dir: str | Path, meta: dict[str, Any]) -> None:
-    """Write `cpcnn.safetensors` (all weights, the confusion matrix) and `cpcnn_model.json` (structure, policy)."""
+    """Write `cpcnn.safetensors` (all weights, the confusion matrices) and `cpcnn_model.json` (structure, policy;
+    `meta["heads"]` names each head's configuration, or describes a nested level: `levels.describe_heads`)."""
     out = ensure_dir(out_dir)
     save_weights(out / "cpcnn.safetensors", model)
     write_json(
@@ -90,6 +93,7 @@ def save_cpcnn(model: CPCNN, out_dir: str | Path, meta: dict[str, Any]) -> None:
         {
             "format_version": FORMAT_VERSION,
             **meta,
+            "heads": describe_heads(model, meta["heads"]),
             "members": model.members,
             "input_shape": list(model.input_shape),
             "tau": model.tau,
@@ -116,10 +120,7 @@ def load_cpcnn(out_dir: str | Path, device: torch.device | str = "cpu") -> CPCNN
         backbone = build_backbone(meta["backbone"])
         shape, split, members = meta["input_shape"], meta["split"], meta["members"]
         clustifier = build_head(backbone, split, meta["clustifier"], len(members), shape)
-        heads = [
-            TrivialHead() if name == "trivial" else build_head(backbone, split, name, len(group), shape)
-            for name, group in zip(meta["heads"], members)
-        ]
+        heads = build_heads(backbone, split, meta["heads"], members, shape)
         confusion = torch.zeros(len(members), len(members))
         model = CPCNN(
             shared_part(backbone, split),

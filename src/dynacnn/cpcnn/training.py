@@ -27,7 +27,7 @@ from dynacnn.cpcnn.config import CPCNNConfig
 from dynacnn.io import ensure_dir, read_json, write_json
 from dynacnn.models.layout import memory_format_of
 from dynacnn.runs import load_weights, save_weights
-from dynacnn.train import Batches, TrainConfig, fit
+from dynacnn.train import Batches, TrainConfig, fit, topk_accuracy
 
 KD_TEMPERATURE = 2.0
 MIN_ONECYCLE_STEPS = 16
@@ -114,6 +114,7 @@ def train_component(
     meta = {
         "identity": identity,
         "calib_top1": top1,
+        "calib_top5": topk_accuracy(logits, targets, 5) if len(targets) else 0.0,
         "calib_images": len(targets),
         "train_seconds": time.perf_counter() - started,
     }
@@ -174,7 +175,8 @@ class ComponentTrainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed * 1_000_003 + zlib.crc32(f"{split}/{name}/{outputs}/{classes}".encode()))
             head = build_head(self.backbone, split, name, outputs, self.input_shape, classes)
-            return head.to(memory_format=self.memory_format)
+            device = next(self.backbone.parameters()).device
+            return head.to(device=device, memory_format=self.memory_format)
 
     def _identity(
         self, split: str, role: str, name: str, members: list, copies: int, train: Batches, distill: float

@@ -19,20 +19,20 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.table import Table
 
 from dynacnn import distributed
 from dynacnn.baseline import train_backbone
 from dynacnn.cpcnn import run_cpcnn
 from dynacnn.cpcnn.config import CPCNNConfig
 from dynacnn.errors import ConfigError
+from dynacnn.experiments.baselines import compare_with_static, matched_width, uniform_threshold_exit
 from dynacnn.experiments.bench import benchmark, contender_identity
+from dynacnn.experiments.summary import summary_table
 from dynacnn.flops import count_macs
 from dynacnn.io import ensure_dir, read_json
 from dynacnn.mscnn.config import MSCNNRunConfig
 from dynacnn.mscnn.pipeline import run_mscnn
 from dynacnn.report.demo_report import write_report
-from dynacnn.report.render import median_speedups
 from dynacnn.runs import DataSpec, ModelSpec, load_run
 from dynacnn.train import ImageBatches, TrainConfig, check_max_drop, evaluate, resolve_device
 
@@ -151,21 +151,6 @@ def base_model_spec(input_shape: tuple[int, int, int], num_classes: int) -> Mode
     """The demo's base model: ResNet-18 at width 0.25; max-pool stem for inputs of 28 px and more."""
     stem = "small-pool" if input_shape[1] >= 28 else "small"
     return ModelSpec(arch="resnet18", width=0.25, stem=stem, num_classes=num_classes, in_channels=input_shape[0])
-
-
-def matched_width(spec: ModelSpec, input_shape: tuple[int, int, int], target_macs: float) -> tuple[float, float]:
-    """Width multiplier (a multiple of 1/16, up to the base's) whose MACs per image come closest to `target_macs`.
-
-    Multiples of 1/16 give every stage a channel count divisible by 4, as a practitioner would choose: oneDNN
-    runs odd counts slowly (width 0.1856, i.e. 95 channels in layer4, trained at 1,060 images/s in the demo
-    against 1,300 for the base), which would make the baseline look worse than it is."""
-    probe = torch.zeros(1, *input_shape)
-    costs = {
-        k / 16: count_macs(replace(spec, width=k / 16).build(), probe).macs_per_image
-        for k in range(1, max(1, int(spec.width * 16)) + 1)
-    }
-    best = min(costs, key=lambda width: abs(costs[width] - target_macs))
-    return best, costs[best]
 
 
 class Steps:
@@ -308,13 +293,14 @@ def run_demo(
         ),
         redo=mscnn_json.exists(),
     )
-    width, _ = matched_width(spec, info.input_shape, cpcnn["chosen"]["macs_per_image"])
+    targets = [cpcnn["chosen"]["macs_per_image"], mscnn["chosen"]["macs_per_image"]]
+    width, _ = matched_width(spec, info.input_shape, targets)
     matched_spec = replace(spec, width=width)
     matched_done = reusable(matched_dir / "run.json", lambda r: r["model"]["width"] == width) is not None
     if not matched_done and (matched_dir / "run.json").exists():
         console.print(f"{matched_dir} was trained for another width; moved to {set_aside(matched_dir)}")
     steps.run(
-        f"Compute-matched ResNet (width {width}): train with the same recipe",
+        f"Compute-matched ResNet (width {width:g}): train with the same recipe",
         matched_done,
         lambda: (
             matched_done or train_backbone(matched_dir, matched_spec, data_spec, recipe, device=device, resume=True)
@@ -328,6 +314,10 @@ def run_demo(
         lambda: bench or benchmark(out, splits, dev, console, repeats=2 if quick else 3, onnx=False),
         redo=(out / "bench.json").exists(),
     )
+    speed = bench["images_per_s"]
+    base = {**_test_point(base_dir, dev), "images_per_s": speed["base"]}
+    matched = {**_test_point(matched_dir, dev), "images_per_s": speed["matched"]}
+    chosen = {"cpcnn": cpcnn["chosen"], "mscnn": mscnn["chosen"]}
     report = steps.run(
         "Report",
         False,
@@ -350,67 +340,18 @@ def run_demo(
                     "recipe": recipe.to_dict(),
                     "config": config.to_dict(),
                 },
-                "base": {**_test_point(base_dir, dev), "images_per_s": bench["images_per_s"]["base"]},
+                "base": base,
                 "cpcnn": cpcnn,
                 "mscnn": mscnn,
                 "baselines": {
-                    "compute_matched": {
-                        **_test_point(matched_dir, dev),
-                        "images_per_s": bench["images_per_s"]["matched"],
-                    },
+                    "compute_matched": matched,
+                    "per_method": compare_with_static(chosen, [base, matched]),
                     "uniform_threshold_exit": uniform_threshold_exit(mscnn, max_drop),
                 },
                 "bench": bench["rows"],
-                "images_per_s_batch256": bench["images_per_s"],
+                "images_per_s_batch256": speed,
             },
         ),
     )
     summary_table(console, report)
     return report
-
-
-def uniform_threshold_exit(mscnn: dict[str, Any], max_drop: float) -> dict[str, Any]:
-    """Prior art's early exit (one confidence threshold for every stage), chosen like ours: the MS-CNN
-    pipeline's `uniform_chosen` (same --max-drop rule as our policies), else the cheapest uniform threshold
-    whose calibration top-1 is within `max_drop` points of the full MS-CNN's."""
-    if mscnn.get("uniform_chosen"):
-        return mscnn["uniform_chosen"]
-    floor = mscnn["full"]["calib_top1"] - max_drop / 100
-    rows = [r for r in mscnn["policies"] if r["name"].startswith("uniform") and r["calib_top1"] >= floor]
-    if not rows:
-        return {}
-    best = min(rows, key=lambda r: (r["calib_macs_per_image"], -r["calib_top1"]))
-    return {
-        key: best[key] for key in ("name", "settings", "top1", "macs_per_image", "calib_top1", "calib_macs_per_image")
-    }
-
-
-def summary_table(console: Console, report: dict[str, Any]) -> None:
-    """The closing console table: model, top-1, MACs/image, images/s, speed-up against the base."""
-    base, speed = report["base"], report["images_per_s_batch256"]
-    speedup = median_speedups(report["bench"])
-    rows = [
-        ("base ResNet", base, "base"),
-        (f"CP-CNN (tau {report['cpcnn']['chosen']['tau']})", report["cpcnn"]["chosen"], "cpcnn"),
-        (f"MS-CNN ({report['mscnn']['chosen']['policy']})", report["mscnn"]["chosen"], "mscnn"),
-        (
-            f"compute-matched ResNet (width {report['baselines']['compute_matched']['width']})",
-            report["baselines"]["compute_matched"],
-            "matched",
-        ),
-    ]
-    table = Table(
-        title="dynacnn demo: test split; images/s measured side by side at batch 256 "
-        "(speed-up: median of paired timings, bench.md)"
-    )
-    for column in ("model", "top-1", "MACs/image", "images/s", "speed-up vs base"):
-        table.add_column(column, justify="left" if column == "model" else "right")
-    for name, point, key in rows:
-        table.add_row(
-            name,
-            f"{100 * point['top1']:.2f}%",
-            f"{point['macs_per_image'] / 1e6:.2f} M",
-            f"{speed[key]:.0f}",
-            f"{speedup[key]:.2f}x",
-        )
-    console.print(table)

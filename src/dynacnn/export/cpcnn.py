@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from dynacnn.cpcnn.model import CPCNN, TrivialHead
+from dynacnn.errors import ConfigError
 from dynacnn.export.parts import Part, export_form, export_parts
 from dynacnn.export.spec import header, output_dir, write_spec
 
@@ -56,7 +57,10 @@ def export_cpcnn(
     std: Sequence[float] | None = None,
     class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Write the CP-CNN's graphs and routing.json into `out`; returns the spec (`dynacnn.runtime.load` reads it)."""
+    """Write the CP-CNN's graphs and routing.json into `out`; returns the spec (`dynacnn.runtime.load` reads it).
+    One level only: a nested CP-CNN (`--levels 2`) is refused."""
+    if model.depth > 1:
+        raise ConfigError("multi-level CP-CNN export is not supported yet; export a one-level model")
     out = output_dir(out)
     spec = header("cpcnn", model.num_classes, model.input_shape, mean, std, class_names)
     parts = {part.name: part for part in cpcnn_parts(model)}

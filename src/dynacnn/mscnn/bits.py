@@ -6,6 +6,7 @@ import torch
 
 from dynacnn.flops import count_params
 from dynacnn.mscnn.cache import StageOutputs
+from dynacnn.mscnn.explore import topk_correct
 from dynacnn.mscnn.fixed_point import check_bits, quantize_module, saturation_bits, size_mb, to_fixed_point
 from dynacnn.mscnn.model import MSCNN
 
@@ -14,30 +15,39 @@ from dynacnn.mscnn.model import MSCNN
 def bit_sweep(
     model: MSCNN, x: torch.Tensor, labels: torch.Tensor, bit_lengths: tuple[int, ...] = tuple(range(4, 17))
 ) -> dict:
-    """Fig. 4: each stage's top-1 with only that stage's parameters (conv stack and classifier) in fixed point."""
+    """Fig. 4: each stage's top-1 and top-5 with only that stage's parameters (conv stack and classifier) in fixed
+    point."""
     for bits in bit_lengths:
         check_bits(bits)
     model.eval()
     labels = labels.to(x.device)
     bands = model.dwt(x)
     pooled = [model.features(bands, s) for s in range(model.num_stages)]
-    reference, curves = [], []
+    reference, reference5, curves, curves5 = [], [], [], []
+
+    def top5(logits: torch.Tensor) -> float:
+        return topk_correct(logits.softmax(1), labels).float().mean().item()
+
     for stage in range(model.num_stages):
         logits = model.heads[stage](torch.cat(pooled[: stage + 1], 1))
         reference.append((logits.argmax(1) == labels).float().mean().item())
+        reference5.append(top5(logits))
         band = bands[:, model.band_index[stage]]
-        curve = {}
+        curve, curve5 = {}, {}
         for bits in bit_lengths:
             body, head = quantize_module(model.bodies[stage], bits), quantize_module(model.heads[stage], bits)
             features = model.pool(body(band)).flatten(1)
             logits = head(torch.cat([*pooled[:stage], features], 1))
             curve[bits] = (logits.argmax(1) == labels).float().mean().item()
+            curve5[bits] = top5(logits)
         curves.append(curve)
-    return {"float_top1": reference, "top1": curves}
+        curves5.append(curve5)
+    return {"float_top1": reference, "top1": curves, "float_top5": reference5, "top5": curves5}
 
 
 def bit_table(model: MSCNN, sweep: dict, tolerance: float = 0.002) -> list[dict]:
-    """Table III analog: per stage, saturation bit-length and parameter size (MB) at 32 bits and at that length."""
+    """Table III analog: per stage, saturation bit-length, the stage's top-1 / top-5 there and in float (its own
+    classifier, only its parameters converted), and parameter size (MB) at 32 bits and at that length."""
     rows = []
     for stage, (curve, reference) in enumerate(zip(sweep["top1"], sweep["float_top1"])):
         bits = saturation_bits(curve, reference, tolerance)
@@ -46,6 +56,10 @@ def bit_table(model: MSCNN, sweep: dict, tolerance: float = 0.002) -> list[dict]
             {
                 "stage": stage + 1,
                 "saturation_bits": bits,
+                "float_top1": reference,
+                "float_top5": sweep["float_top5"][stage],
+                "top1": curve[bits],
+                "top5": sweep["top5"][stage][bits],
                 "params": params,
                 "size_mb_32": size_mb(params, 32),
                 "size_mb_bits": size_mb(params, bits),
@@ -84,6 +98,7 @@ def dynamic_fc_precision(model: MSCNN, outputs: StageOutputs, stage_bits: list[i
         "keep": keep,
         "low_bits": low_bits,
         "top1": (probs.argmax(1).cpu() == outputs.labels).float().mean().item(),
+        "top5": topk_correct(probs.cpu(), outputs.labels).float().mean().item(),
         "fc_kb_per_image": bits_read / 8 / 1e3,
         "static_fc_kb_per_image": static_read / 8 / 1e3,
     }

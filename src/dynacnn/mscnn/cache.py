@@ -26,6 +26,11 @@ class StageOutputs:
         """Top-1 accuracy of every stage's classifier."""
         return (self.logits.argmax(2) == self.labels).float().mean(1).tolist()
 
+    def stage_top5(self) -> list[float]:
+        """Top-5 accuracy of every stage's classifier (classes scoring as high as the true one do not push it down)."""
+        truth = self.logits.gather(2, self.labels.expand(self.logits.shape[0], -1).unsqueeze(2))
+        return ((self.logits > truth).sum(2) < 5).float().mean(1).tolist()
+
     def subset(self, index: torch.Tensor) -> StageOutputs:
         """The outputs of the images at `index`."""
         return StageOutputs(self.logits[:, index], [f[index] for f in self.features], self.labels[index])

@@ -1,12 +1,13 @@
 """CAP_CONV (Alg. 3): per-class filter importance of each stage's last CONV layer, Maj voting, sliced execution.
 
 Pre-processing (`filter_importance`) removes each filter of a stage's last CONV layer in turn (its
-pooled maps become 0) on the calibration outputs and records, per class, the drop of the stage's
-top-1 accuracy (ties broken by the drop of the mean true-class probability): Pre(i, cnv, c) is the
-filter order from least to most important. CONV_lst is the last CONV layer of every stage, the layer
-Fig. 7 prunes. At run time stage i's top-P_th[i] classes pick the filters removed from stage i+1
-(`majority_filters`, Maj of Alg. 3); the "ignorant" baseline removes the filters least important to
-all classes together. A removed filter's maps are 0 for this stage's and all later classifiers.
+pooled maps become 0) on cached outputs of training images (`analysis.train_filter_ranking`) and
+records, per class, the drop of the stage's top-1 accuracy (ties broken by the drop of the mean
+true-class probability): Pre(i, cnv, c) is the filter order from least to most important. CONV_lst
+is the last CONV layer of every stage, the layer Fig. 7 prunes. At run time stage i's top-P_th[i]
+classes pick the filters removed from stage i+1 (`majority_filters`, Maj of Alg. 3); the "ignorant"
+baseline removes the filters least important to all classes together. A removed filter's maps are 0
+for this stage's and all later classifiers.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _order(acc_loss: torch.Tensor, prob_loss: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def filter_importance(model: MSCNN, outputs: StageOutputs) -> FilterImportance:
-    """Alg. 3 pre-processing Pre(i, cnv, c) on calibration outputs, for the last CONV layer of every stage."""
+    """Alg. 3 pre-processing Pre(i, cnv, c) on cached outputs (the pipeline: training images), for the last CONV layer of every stage."""
     labels, classes = outputs.labels, model.config.num_classes
     onehot = F.one_hot(labels, classes).double()
     count = onehot.sum(0).clamp(min=1)

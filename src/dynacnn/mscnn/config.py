@@ -13,6 +13,7 @@ from dynacnn.train import PRECISIONS, check_max_drop
 
 DEFAULT_EPOCHS = 8
 DEFAULT_STAGES = 4
+DEFAULT_RANK_IMAGES = 10000
 
 
 def _is_whole(value: Any) -> bool:
@@ -31,6 +32,7 @@ class MSCNNRunConfig:
     standard errors of the paired per-image difference; `fc_rows`: how the chosen policy executes pruned FC rows
     ("batch": the rows any image of a sub-batch keeps; "image": each image's own); `augment` (crop + flip) is off by
     default: in 8 epochs these small networks underfit Fashion-MNIST and augmentation only slows them down;
+    `rank_images`: training images (a stratified subset fixed by `seed`) CAP_CONV's filter ranking is fitted on;
     `precision`: the training loop's (`TrainConfig.precision`); `mode`: "joint" (every stage's loss at once) or "stagewise"; `model` fixes the architecture (default:
     `default_config(stages)` for the data's channels and classes); `quick` sweeps and times less.
     """
@@ -48,6 +50,7 @@ class MSCNNRunConfig:
     stages: int | None = None
     model: MSCNNConfig | None = None
     precision: str = "fp32"
+    rank_images: int = DEFAULT_RANK_IMAGES
 
     def validate(self) -> MSCNNRunConfig:
         """Every range check, before anything is read or written. Returns self."""
@@ -65,6 +68,8 @@ class MSCNNRunConfig:
             raise ConfigError(f"batch_size {self.batch_size!r} must be a whole number of at least 1")
         if not _is_number(self.lr) or self.lr <= 0:
             raise ConfigError(f"lr {self.lr!r} must be a positive number")
+        if not _is_whole(self.rank_images) or self.rank_images < 1:
+            raise ConfigError(f"rank_images {self.rank_images!r} must be a whole number of training images, at least 1")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown --precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
         if self.mode not in TRAINING_MODES:

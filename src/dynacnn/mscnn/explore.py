@@ -18,6 +18,17 @@ NEVER = 2.0  # a detection threshold no confidence exceeds: the stage never exit
 TOP1_GRID = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9999, NEVER)
 TOP5_GRID = (0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999, 0.99999, NEVER)
 S_TH_GRID = (0.9, 0.95, 0.99, 0.995, 0.999, 0.9999)
+EQ1 = "eq1"
+"""Suffix of the candidates whose P_th comes from Eq. 1 (`rank.pick_pruning_thresholds`), e.g. "CAP_FC eq1"."""
+
+
+def topk_correct(probs: torch.Tensor, labels: torch.Tensor, k: int = 5) -> torch.Tensor:
+    """Per image: the true class is among the k most probable classes the policy computed (B,).
+
+    Classes a policy pruned have probability 0 and never count, even when fewer than k classes were computed;
+    classes as probable as the true one do not push it down (the rank of `rank.prediction_rank`)."""
+    truth = probs.gather(1, labels[:, None])
+    return (truth.squeeze(1) > 0) & ((probs > truth).sum(1) < k)
 
 
 @dataclass
@@ -32,12 +43,14 @@ class Point:
     exits: list[float] = field(default_factory=list)
     policy: Policy | None = None
     correct: torch.Tensor | None = field(default=None, repr=False)
+    top5: float | None = None
 
     def row(self) -> dict:
         return {
             "name": self.name,
             "settings": self.settings,
             "top1": self.top1,
+            "top5": self.top5,
             "macs_per_image": self.macs_per_image,
             "params_per_image": self.params_per_image,
             "exit_fractions": self.exits,
@@ -45,12 +58,13 @@ class Point:
 
 
 def score(decision: Decision, labels: torch.Tensor, costs: CostModel, removed: torch.Tensor | None = None) -> dict:
-    """Top-1, mean MACs and parameters per image, and the fraction of images leaving at each stage."""
+    """Top-1, top-5, mean MACs and parameters per image, and the fraction of images leaving at each stage."""
     stages = len(costs.stages)
     correct = decision.pred == labels
     return {
         "correct": correct,
         "top1": correct.float().mean().item(),
+        "top5": topk_correct(decision.probs, labels).float().mean().item(),
         "macs_per_image": costs.macs(decision.kept, removed).mean().item(),
         "params_per_image": costs.params(decision.kept, removed).mean().item(),
         "exits": (torch.bincount(decision.exit_stage, minlength=stages).float() / len(labels)).tolist(),
@@ -74,14 +88,16 @@ def tp_points(outputs: StageOutputs, costs: CostModel, d_ct: torch.Tensor, top_c
     probs = outputs.logits.softmax(2)
     conf = probs.topk(top_c, dim=2).values.sum(2).clamp(max=1.0)
     hits = probs.argmax(2) == outputs.labels
-    correct, exits = [], []
+    hits5 = torch.stack([topk_correct(p, outputs.labels) for p in probs])
+    correct, correct5, exits = [], [], []
     for chunk in d_ct.float().split(256):
         exit_stage = torch.full((len(chunk), conf.shape[1]), stages - 1)
         for stage in reversed(range(stages - 1)):
             exit_stage = torch.where(conf[stage] > chunk[:, stage : stage + 1], stage, exit_stage)
         correct.append(hits.gather(0, exit_stage))
+        correct5.append(hits5.gather(0, exit_stage).float().mean(1))
         exits.append(torch.stack([(exit_stage == stage).double().mean(1) for stage in range(stages)], 1))
-    correct, exits = torch.cat(correct), torch.cat(exits)
+    correct, top5, exits = torch.cat(correct), torch.cat(correct5), torch.cat(exits)
     top1 = correct.float().mean(1)
     ran = torch.arange(stages)[:, None] <= torch.arange(stages)[None, :]
     per_exit_macs = costs.macs(torch.where(ran, classes, 0))
@@ -96,6 +112,7 @@ def tp_points(outputs: StageOutputs, costs: CostModel, d_ct: torch.Tensor, top_c
             exits[i].tolist(),
             policy,
             correct[i],
+            top5[i].item(),
         )
         for i, policy in enumerate(policies)
     ]
@@ -143,8 +160,29 @@ def oracle(outputs: StageOutputs, costs: CostModel) -> dict:
     }
 
 
-def sweep(outputs: StageOutputs, costs: CostModel, num_classes: int, quick: bool = False) -> dict[str, list[Point]]:
-    """Every policy family on cached (calibration) outputs: TP with C = 5 and C = 1, uniform, CAP_FC, PTHP."""
+def eq1_policies(
+    p_th: list[tuple[int, ...]], bases: list[Policy], num_stages: int, num_classes: int
+) -> tuple[list[Policy], list[Policy]]:
+    """§IV's P_th from Eq. 1 as candidates: CAP_FC with each vector (Alg. 2), and each TP base's exits with each
+    vector's top-L pruning in place of PTHP's S_th selection (Alg. 4 with Alg. 2's pruning)."""
+    cap_fc = [cap_fc_policy(tuple(v), num_stages, num_classes) for v in p_th]
+    hybrid = [
+        Policy("PTHP", b.num_stages, b.num_classes, d_ct=b.d_ct, top_c=b.top_c, p_th=tuple(v))
+        for b in bases
+        for v in p_th
+    ]
+    return cap_fc, hybrid
+
+
+def sweep(
+    outputs: StageOutputs,
+    costs: CostModel,
+    num_classes: int,
+    quick: bool = False,
+    eq1_p_th: list[tuple[int, ...]] | None = None,
+) -> dict[str, list[Point]]:
+    """Every policy family on cached (calibration) outputs: TP with C = 5 and C = 1, uniform, CAP_FC, PTHP; with
+    `eq1_p_th` (P_th vectors for stages 1..N-1 from Eq. 1) also "CAP_FC eq1" and "PTHP eq1" (`eq1_policies`)."""
     stages = outputs.logits.shape[0]
     top_cs = sorted({min(5, num_classes), 1}, reverse=True)
     families: dict[str, list[Point]] = {}
@@ -161,6 +199,10 @@ def sweep(outputs: StageOutputs, costs: CostModel, num_classes: int, quick: bool
     bases = [p.policy for c in top_cs for p in pareto(families[f"TP-C{c}"])[-8:]]
     grid = tqdm(pthp_grid(bases), desc="PTHP sweep", unit="policy", leave=False, disable=None)
     families["PTHP"] = [evaluate(outputs, p, costs, f"PTHP-C{p.top_c}") for p in grid]
+    if eq1_p_th:
+        cap_fc, hybrid = eq1_policies(eq1_p_th, bases, stages, num_classes)
+        families[f"CAP_FC {EQ1}"] = [evaluate(outputs, p, costs, f"CAP_FC {EQ1}") for p in cap_fc]
+        families[f"PTHP {EQ1}"] = [evaluate(outputs, p, costs, f"PTHP-C{p.top_c} {EQ1}") for p in hybrid]
     families["full"] = [evaluate(outputs, full_policy(stages, num_classes), costs)]
     return families
 

@@ -44,17 +44,22 @@ def to_fixed_point(tensor: torch.Tensor, bits: int) -> torch.Tensor:
     )
 
 
-def quantize_module(module: nn.Module, bits: int) -> nn.Module:
-    """A copy of `module` whose conv and linear weights and biases are `bits`-bit fixed point."""
+def quantize_in_place(module: nn.Module, bits: int) -> nn.Module:
+    """Convert the conv and linear weights and biases of `module` itself to `bits`-bit fixed point; returns it."""
     check_bits(bits)
-    quantized = copy.deepcopy(module)
-    for layer in quantized.modules():
+    for layer in module.modules():
         if isinstance(layer, (nn.Conv2d, nn.Linear)):
             for name in ("weight", "bias"):
                 param = getattr(layer, name)
                 if param is not None:
-                    param.data = to_fixed_point(param.data, bits)
-    return quantized
+                    param.data = to_fixed_point(param.data, bits).to(param.dtype)
+    return module
+
+
+def quantize_module(module: nn.Module, bits: int) -> nn.Module:
+    """A copy of `module` whose conv and linear weights and biases are `bits`-bit fixed point."""
+    check_bits(bits)
+    return quantize_in_place(copy.deepcopy(module), bits)
 
 
 def size_mb(params: int, bits: int) -> float:

@@ -12,21 +12,27 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from dynacnn.data import load_dataset
 from dynacnn.errors import ConfigError
 from dynacnn.flops import MAC_NOTE
 from dynacnn.io import ensure_dir, write_json
 from dynacnn.models.layout import device_layout
+from dynacnn.mscnn.analysis import (
+    cap_conv_points,
+    eq1_report,
+    eq1_thresholds,
+    rank_report,
+    table2,
+    train_filter_ranking,
+)
 from dynacnn.mscnn.bits import bit_sweep, bit_table, dynamic_fc_precision
-from dynacnn.mscnn.cache import StageOutputs, collect
-from dynacnn.mscnn.cap_conv import FilterImportance, filter_importance, simulate_cap_conv
-from dynacnn.mscnn.config import DEFAULT_STAGES, MSCNNRunConfig
-from dynacnn.mscnn.costs import CostModel, measure_costs
-from dynacnn.mscnn.explore import Point, choose, drop_and_error, evaluate, oracle, pareto, score, sweep
-from dynacnn.mscnn.model import MSCNN, MSCNNConfig, default_config, table2_config
-from dynacnn.mscnn.rank import misclassification_probability, pick_pruning_thresholds, prediction_rank, rank_statistics
+from dynacnn.mscnn.cache import collect
+from dynacnn.mscnn.config import DEFAULT_RANK_IMAGES, DEFAULT_STAGES, MSCNNRunConfig
+from dynacnn.mscnn.costs import measure_costs
+from dynacnn.mscnn.explore import choose, drop_and_error, evaluate, oracle, pareto, sweep
+from dynacnn.mscnn.model import MSCNN, MSCNNConfig, default_config
+from dynacnn.mscnn.network_bits import BitOutputs, whole_network_bits
 from dynacnn.mscnn.serialize import FORMAT_VERSION, save_filter_order
 from dynacnn.mscnn.speed import frontier_timing, image_batches, measure_chosen
 from dynacnn.mscnn.training import equal_weights, train_mscnn
@@ -34,9 +40,8 @@ from dynacnn.report.mscnn_report import write_report
 from dynacnn.runs import save_weights
 from dynacnn.train import ImageBatches, TrainConfig, resolve_device
 
-MC_TARGETS = (0.01, 0.02, 0.05)
-TABLE2_PARAMS_M = (3.36, 4.54, 5.72, 6.90, 18.15, 20.5, 54.01)
-TABLE2_FLOPS_M = (59.57, 60.75, 61.93, 63.11, 74.36, 76.72, 110.22)
+BITS_TOLERANCE = 0.002
+"""Top-1 (fraction) a bit-length may lose against float: per stage (Fig. 4 saturation) and for the whole network."""
 
 
 class _Clock:
@@ -50,63 +55,6 @@ class _Clock:
         now = time.perf_counter()
         self.seconds[name] = round(now - self._last, 2)
         self._last = now
-
-
-def _cap_conv_points(
-    model: MSCNN, calib: StageOutputs, test: StageOutputs, costs: CostModel, quick: bool
-) -> tuple[list[Point], list[dict], FilterImportance]:
-    """Alg. 3 on cached outputs: smart and ignorant filter pruning for a few rm and P_th = 2 and 5 (Fig. 7)."""
-    importance = filter_importance(model, calib)
-    filters = min(s.last for s in model.config.stages[1:])
-    classes = model.config.num_classes
-    fractions = (1 / 3,) if quick else (1 / 6, 1 / 3, 1 / 2)
-    points, rows = [], []
-    settings = [
-        (rm, (keep,) * (model.num_stages - 1))
-        for keep in sorted({min(2, classes), min(5, classes)})
-        for rm in sorted({max(1, min(filters - 1, round(filters * f))) for f in fractions})
-    ]
-    for rm, p_th in tqdm(settings, desc="CAP_CONV sweep", unit="setting", leave=False, disable=None):
-        removed = torch.tensor([0] + [rm] * (model.num_stages - 1))
-        row = {"rm": rm, "p_th": list(p_th)}
-        for smart in (True, False):
-            label = "smart" if smart else "ignorant"
-            for split, outputs in (("calib", calib), ("test", test)):
-                result = score(
-                    simulate_cap_conv(model, outputs, importance, p_th, rm, smart), outputs.labels, costs, removed
-                )
-                row[f"{label}_{split}_top1"] = result["top1"]
-                if smart and split == "calib":
-                    points.append(Point("CAP_CONV", {"p_th": list(p_th), "rm": rm}, **result))
-        row["macs_per_image"] = costs.macs(torch.full((model.num_stages, 1), classes), removed).item()
-        rows.append(row)
-    return points, rows, importance
-
-
-def _table2() -> list[dict]:
-    """Table II's 7-stage AlexNet widths at 224 px (built on the meta device: shapes only), beside the paper."""
-    with torch.device("meta"):
-        model = MSCNN(table2_config())
-    costs = measure_costs(model, (3, 224, 224))
-    return [
-        {"stage": i + 1, "params": c.params, "macs": c.macs, "paper_params": p * 1e6, "paper_flops": f * 1e6}
-        for i, (c, p, f) in enumerate(zip(costs.stages, TABLE2_PARAMS_M, TABLE2_FLOPS_M))
-    ]
-
-
-def _rank_report(calib: StageOutputs, classes: int) -> dict:
-    """§IV on the calibration split: PR statistics, P(MC | P_th = L) and the L picked for a few targets."""
-    ranks = prediction_rank(calib.logits, calib.labels)
-    mean, std = rank_statistics(ranks, calib.labels, classes)
-    p_mc = misclassification_probability(ranks, calib.labels, classes)
-    return {
-        "pr_mean": mean.tolist(),
-        "pr_std": std.tolist(),
-        "p_mc": p_mc.tolist(),
-        "max_pr_mean": mean.max(1).values.tolist(),
-        "max_pr_mean_2std": (mean + 2 * std).max(1).values.tolist(),
-        "picked_l": {str(t): list(pick_pruning_thresholds(p_mc, t)) for t in MC_TARGETS},
-    }
 
 
 def _load_or_train(
@@ -163,15 +111,20 @@ def analyse_mscnn(
     device: torch.device = torch.device("cpu"),
     drop_z: float = 2.0,
     fc_rows: str = "batch",
+    rank_images: int = DEFAULT_RANK_IMAGES,
 ) -> dict:
     """Everything after training: caches, Table II analog, Eq. 1-3, sweeps, CAP_CONV, choice, timing, bits.
 
     Sweeps count MACs per image, as Alg. 2 prunes FC rows; the chosen point and the timings execute with
-    `fc_rows` (see `execute`: "batch" computes the rows any image of a sub-batch keeps) and report its MACs."""
+    `fc_rows` (see `execute`: "batch" computes the rows any image of a sub-batch keeps) and report its MACs.
+    CAP_CONV's filter ranking (Alg. 3 Pre) is fitted on `rank_images` training images (a stratified subset,
+    fixed by `seed`), as the paper analyses the training set; every choice is made on the calibration split."""
     dev, clock = device, _Clock()
     info, config = splits.info, model.config
-    calib = collect(model, ImageBatches(splits.calib, info, 512), dev)
-    test = collect(model, ImageBatches(splits.test, info, 512), dev)
+    calib_batches = ImageBatches(splits.calib, info, 512)
+    test_batches = ImageBatches(splits.test, info, 512)
+    calib = collect(model, calib_batches, dev)
+    test = collect(model, test_batches, dev)
     costs = measure_costs(model, info.input_shape)
     classes, n = info.num_classes, model.num_stages
     cumulative = torch.tensor([c.macs for c in costs.stages]).cumsum(0).tolist()
@@ -183,15 +136,29 @@ def analyse_mscnn(
             "macs": c.macs,
             "cumulative_macs": cumulative[i],
             "top1": t,
+            "top5": t5,
             "calib_top1": k,
+            "calib_top5": k5,
         }
-        for i, (s, c, t, k) in enumerate(zip(config.stages, costs.stages, test.stage_top1(), calib.stage_top1()))
+        for i, (s, c, t, t5, k, k5) in enumerate(
+            zip(
+                config.stages,
+                costs.stages,
+                test.stage_top1(),
+                test.stage_top5(),
+                calib.stage_top1(),
+                calib.stage_top5(),
+            )
+        )
     ]
 
     clock.lap("collect")
-    families = sweep(calib, costs, classes, quick)
+    rank = rank_report(calib, classes)
+    thresholds = eq1_thresholds(rank)
+    families = sweep(calib, costs, classes, quick, sorted(set(thresholds.values()), reverse=True))
     clock.lap("sweep")
-    conv_points, conv_rows, importance = _cap_conv_points(model, calib, test, costs, quick)
+    importance, ranked_images = train_filter_ranking(model, splits, rank_images, seed, dev)
+    conv_points, conv_rows = cap_conv_points(model, importance, calib, test, costs, quick)
     save_filter_order(out, importance)  # CAP_CONV's filter ranking, for load_mscnn
     clock.lap("cap_conv")
     full_calib = families["full"][0]
@@ -209,9 +176,11 @@ def analyse_mscnn(
         "name": uniform_point.name,
         "settings": uniform_point.settings,
         "top1": uniform_tested.top1,
+        "top5": uniform_tested.top5,
         "macs_per_image": uniform_tested.macs_per_image,
         "params_per_image": uniform_tested.params_per_image,
         "calib_top1": uniform_point.top1,
+        "calib_top5": uniform_point.top5,
         "calib_macs_per_image": uniform_point.macs_per_image,
     }
     repeats = 1 if quick else 3
@@ -228,8 +197,10 @@ def analyse_mscnn(
                 {
                     **point.row(),
                     "calib_top1": point.top1,
+                    "calib_top5": point.top5,
                     "calib_macs_per_image": point.macs_per_image,
                     "top1": tested.top1,
+                    "top5": tested.top5,
                     "macs_per_image": tested.macs_per_image,
                     "params_per_image": tested.params_per_image,
                     "exit_fractions": tested.exits,
@@ -248,14 +219,28 @@ def analyse_mscnn(
     bits_split = splits.calib.subset(256 if quick else 3000, seed)
     bits_x, bits_y = next(iter(ImageBatches(bits_split, info, len(bits_split))(None, dev)))
     bit_curves = bit_sweep(model, bits_x, bits_y, sweep_bits)
-    bits_rows = bit_table(model, bit_curves)
+    bits_rows = bit_table(model, bit_curves, BITS_TOLERANCE)
     stage_bits = [row["saturation_bits"] for row in bits_rows]
+    clock.lap("bits")
+    whole = whole_network_bits(
+        model,
+        stage_bits,
+        chosen_point,
+        importance,
+        costs,
+        BitOutputs(model, calib_batches, calib, dev),
+        BitOutputs(model, test_batches, test, dev),
+        sweep_bits,
+        BITS_TOLERANCE,
+        max_rounds=2 * n,
+    )
+    clock.lap("whole_network_bits")
     dynamic = [
         dynamic_fc_precision(model, calib, stage_bits, keep, low)
         for keep in sorted({1, min(3, classes), min(5, classes)})
         for low in (2, 3, 4)
     ]
-    clock.lap("bits")
+    clock.lap("dynamic_bits")
 
     result = {
         "format_version": FORMAT_VERSION,
@@ -264,7 +249,9 @@ def analyse_mscnn(
         "stages": stage_rows,
         "full": {
             "top1": stage_rows[-1]["top1"],
+            "top5": stage_rows[-1]["top5"],
             "calib_top1": full_calib.top1,
+            "calib_top5": full_calib.top5,
             "macs_per_image": float(costs.full_macs),
             "params_per_image": float(costs.params(torch.full((n, 1), classes)).item()),
             "images_per_s": speed["full"],
@@ -274,6 +261,8 @@ def analyse_mscnn(
             name: [[p.macs_per_image, p.top1, p.params_per_image] for p in points] for name, points in families.items()
         },
         "cap_conv": conv_rows,
+        "cap_conv_ranking": {"split": "train", "images": ranked_images},
+        "cap_fc_eq1": eq1_report(families, thresholds, test, costs, chosen_point, max_drop, drop_z),
         "oracle": oracle(test, costs) | {"calib": oracle(calib, costs)},
         "uniform_chosen": uniform_chosen,
         "chosen": chosen
@@ -285,18 +274,21 @@ def analyse_mscnn(
             "macs_fraction": chosen["macs_per_image"] / costs.full_macs,
         },
         "timing": timing,
-        "prediction_rank": _rank_report(calib, classes),
-        "table2": [] if quick else _table2(),
+        "prediction_rank": rank,
+        "table2": [] if quick else table2(),
         "bits": {
             "split": "calib",
             "images": len(bits_split),
-            "tolerance": 0.002,
+            "tolerance": BITS_TOLERANCE,
             "stages": bits_rows,
             "sweep": {
                 "float_top1": bit_curves["float_top1"],
+                "float_top5": bit_curves["float_top5"],
                 "top1": [{str(b): a for b, a in curve.items()} for curve in bit_curves["top1"]],
+                "top5": [{str(b): a for b, a in curve.items()} for curve in bit_curves["top5"]],
             },
             "dynamic": dynamic,
+            "whole_network": whole,
         },
         "analysis_seconds": clock.seconds,
     }
@@ -362,6 +354,7 @@ def run_mscnn(
         device=dev,
         drop_z=config.drop_z,
         fc_rows=config.fc_rows,
+        rank_images=config.rank_images,
     )
     result.update(
         data=data_spec,

@@ -3,7 +3,7 @@
 `EarlyExitMSCNN(network, policy)` executes a policy of any family: full, TP (Alg. 1), CAP_FC (Alg. 2) and PTHP
 (Alg. 4) through `execute` (exited images leave the batch, pruned FC rows are never computed), and CAP_CONV (Alg. 3,
 a `CapConvPolicy`) through `execute_cap_conv` (each later stage's last CONV layer computes only the filters the
-image's vote keeps; it needs the filter ranking `filter_importance` made on the calibration split). `route(x)`
+image's vote keeps; it needs the filter ranking `filter_importance` made on training images). `route(x)`
 returns the details as `ExitOutput`, whose `probs` and `macs` mean what they mean in the CP-CNN's `RoutedOutput`.
 Per-image MACs come from the stage cost table (`measure_costs`, counted once per input shape with
 `dynacnn.flops`), which equals what the flop counter sees run. `network` is the bare `MSCNN` (its forward returns
@@ -55,11 +55,13 @@ class CapConvPolicy:
 
 def chosen_policy(chosen: Mapping[str, Any], num_stages: int, num_classes: int) -> Policy | CapConvPolicy:
     """The policy of an operating point as mscnn.json records it ({"policy": name, "settings": {...}}); the family is
-    told by the settings' keys (CAP_CONV: rm; PTHP: s_th; TP: d_ct; CAP_FC: p_th; none: full)."""
+    told by the settings' keys (CAP_CONV: rm; PTHP: s_th, or d_ct with p_th (exits with Eq. 1's pruning); TP: d_ct;
+    CAP_FC: p_th; none: full)."""
     settings = chosen["settings"]
     if chosen.get("policy") == "CAP_CONV" or "rm" in settings:
         return CapConvPolicy(tuple(settings["p_th"]), settings["rm"], settings.get("smart", True))
-    kind = "PTHP" if "s_th" in settings else "TP" if "d_ct" in settings else "CAP_FC" if "p_th" in settings else "full"
+    hybrid = "s_th" in settings or {"d_ct", "p_th"} <= set(settings)
+    kind = "PTHP" if hybrid else "TP" if "d_ct" in settings else "CAP_FC" if "p_th" in settings else "full"
     return Policy(
         kind,
         num_stages,
@@ -84,7 +86,7 @@ def check_cap_conv(network: MSCNN, policy: CapConvPolicy, filter_order: FilterIm
         check_rm(policy.rm, network.config.stages[stage].last)
     if filter_order is None:
         raise ConfigError(
-            "CAP_CONV needs the filter ranking: pass filter_order=filter_importance(network, calib outputs)"
+            "CAP_CONV needs the filter ranking: pass filter_order=filter_importance(network, training outputs)"
         )
     shapes = [tuple(order.shape) for order in filter_order.per_class]
     expected = [(classes, stage.last) for stage in network.config.stages]

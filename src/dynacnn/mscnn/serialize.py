@@ -25,7 +25,7 @@ FILTER_ORDER_PARTS = ("per_class", "overall", "acc_loss")
 
 
 def save_filter_order(out_dir: str | Path, importance: FilterImportance) -> None:
-    """Write CAP_CONV's filter ranking (`filter_importance` on the calibration split) to filter_order.safetensors."""
+    """Write CAP_CONV's filter ranking (`filter_importance` on training images) to filter_order.safetensors."""
     tensors = {
         f"{part}.{stage}": tensor.detach().cpu().contiguous()
         for part in FILTER_ORDER_PARTS

@@ -14,7 +14,7 @@ from dynacnn.models.fold import fold_batchnorm
 from dynacnn.mscnn.cache import StageOutputs
 from dynacnn.mscnn.cap_conv import FilterImportance, simulate_cap_conv
 from dynacnn.mscnn.costs import CostModel
-from dynacnn.mscnn.explore import Point
+from dynacnn.mscnn.explore import Point, topk_correct
 from dynacnn.mscnn.model import MSCNN
 from dynacnn.mscnn.policies import simulate
 from dynacnn.mscnn.routed import EarlyExitMSCNN, chosen_policy
@@ -62,7 +62,8 @@ def measure_chosen(
     routed = routed_model(model, point, importance, fc_rows, info.input_shape)
     outputs = [routed.route(x) for x in batches]
     exit_stage = torch.cat([o.exit_stage for o in outputs]).cpu()
-    pred = torch.cat([o.probs.argmax(1) for o in outputs]).cpu()
+    probs = torch.cat([o.probs for o in outputs]).cpu()
+    pred = probs.argmax(1)
     kept = torch.cat([o.kept for o in outputs]).T.cpu()
     removed = routed.removed_filters()
     counted, _ = count_call_macs(routed, batches[0])
@@ -92,12 +93,14 @@ def measure_chosen(
         "policy": point.name,
         "settings": point.settings,
         "top1": (pred == test.labels).float().mean().item(),
+        "top5": topk_correct(probs, test.labels).float().mean().item(),
         "macs_per_image": chosen_macs,
         "params_per_image": costs.params(kept, removed).mean().item(),
         "images_per_s": speed["chosen"],
         "speedup": speed["speedup"]["chosen"],
         "exit_fractions": (torch.bincount(exit_stage, minlength=model.num_stages).float() / len(pred)).tolist(),
         "calib_top1": point.top1,
+        "calib_top5": point.top5,
         "calib_macs_per_image": point.macs_per_image,
         "counted_macs_first_batch": counted,
         "modelled_macs_first_batch": modelled,

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from dynacnn.flops import format_count
 from dynacnn.io import ensure_dir, write_text
+from dynacnn.report.cpcnn_policy_report import maybe_pct, policy_table_markdown
 from dynacnn.report.render import pct, save_figure, table
 
 TABLE1_GAP = (
@@ -152,12 +153,19 @@ def report_markdown(result: dict[str, Any], plots: Sequence[str]) -> str:
     parts = [f"# CP-CNN on {result['dataset']}\n"]
     parts.append(
         table(
-            ["model", "test top-1", "MACs / image", "images/s (batch 256)"],
+            ["model", "test top-1", "test top-5", "MACs / image", "images/s (batch 256)"],
             [
-                ["base", pct(base["top1"]), format_count(base["macs_per_image"]), f"{chosen['base_images_per_s']:.0f}"],
+                [
+                    "base",
+                    pct(base["top1"]),
+                    maybe_pct(base.get("top5")),
+                    format_count(base["macs_per_image"]),
+                    f"{chosen['base_images_per_s']:.0f}",
+                ],
                 [
                     f"CP-CNN (split {result['split']}, tau {chosen['tau']:g})",
                     pct(chosen["top1"]),
+                    maybe_pct(chosen.get("top5")),
                     format_count(chosen["macs_per_image"]),
                     f"{chosen['images_per_s']:.0f}",
                 ],
@@ -167,7 +175,9 @@ def report_markdown(result: dict[str, Any], plots: Sequence[str]) -> str:
     parts.append(
         f"\nTop-1 change {100 * chosen['top1_change']:+.2f} points, MAC saving {pct(chosen['mac_saving'])}, measured speed-up "
         f"{chosen['speedup']:.2f}x (median over paired chunks of timing images, same process). Policy: {chosen['rule']} rule, "
-        f"{chosen['weighting']} weighting; tau chosen on the calibration split"
+        f"{chosen['weighting']} weighting"
+        + (" (chosen on the calibration split, Table 2 by policy)" if "auto" in _requested(result) else "")
+        + "; tau chosen on the calibration split"
         + (
             f" as the cheapest within {chosen['max_drop']} points of the base model, counting the calibration drop plus"
             f" {chosen.get('drop_z', 0)} standard errors of the paired per-image difference (met: {chosen['meets_max_drop']})."
@@ -248,20 +258,31 @@ def report_markdown(result: dict[str, Any], plots: Sequence[str]) -> str:
                 for n in names
             ]
         )
+        outputs = groups if component == "clustifier" else len(result["cluster_ids"][int(component[1:])])
+        if outputs > 5:
+            rows.append(
+                [f"{component} top-5"]
+                + [maybe_pct(records[n].get("calib_top5")) if n in records else "" for n in names]
+            )
         rows.append([f"{component} MACs"] + [format_count(records[n]["macs"]) if n in records else "" for n in names])
     parts.append(
         "\n## Table 1 analog: calibration top-1 per configuration (within each hyper-class), * = selected\n\n"
         + table(["component", *names], rows)
+        + "".join(
+            f"\nClustifier {name} not trained: {reason}.\n"
+            for name, reason in result.get("clustifier_skipped", {}).items()
+        )
     )
     parts.append(
         "\nHead selection: per hyper-class, the cheapest configuration within the tolerance of its best; the "
         "tolerance is the largest tried whose CP-CNN keeps calibration top-1 within max_drop of the base model.\n\n"
         + table(
-            ["tolerance (points)", "heads", "tau", "calib top-1", "MACs / image", "meets max_drop"],
+            ["tolerance (points)", "heads", "policy", "tau", "calib top-1", "MACs / image", "meets max_drop"],
             [
                 [
                     f"{r['tolerance_points']:g}",
                     ", ".join(r["heads"]),
+                    f"{r.get('rule', chosen['rule'])} / {r.get('weighting', chosen['weighting'])}",
                     f"{r['tau']:g}",
                     pct(r["calib_top1"]),
                     format_count(r["calib_macs_per_image"]),
@@ -277,6 +298,7 @@ def report_markdown(result: dict[str, Any], plots: Sequence[str]) -> str:
             f"{r['tau']:g}",
             *r["activated_hist"],
             pct(r["top1"]),
+            maybe_pct(r.get("top5")),
             f"{100 * (r['top1'] - base['top1']):+.2f}",
             format_count(r["macs_per_image"]),
             pct(1 - r["macs_per_image"] / base["macs_per_image"]),
@@ -289,17 +311,20 @@ def report_markdown(result: dict[str, Any], plots: Sequence[str]) -> str:
                 label,
                 *r["activated_hist"],
                 pct(r["top1"]),
+                maybe_pct(r.get("top5")),
                 f"{100 * (r['top1'] - base['top1']):+.2f}",
                 format_count(r["macs_per_image"]),
                 pct(1 - r["macs_per_image"] / base["macs_per_image"]),
             ]
         )
     parts.append(
-        "\n## Table 2: activated hyper-classes per test image, accuracy gain and MAC saving against the base model\n\n"
-        + table(["tau", *hist_header, "top-1", "gain (points)", "MACs / image", "MAC saving"], rows)
+        f"\n## Table 2: activated hyper-classes per test image ({chosen['rule']} / {chosen['weighting']}), accuracy "
+        "gain and MAC saving against the base model\n\n"
+        + table(["tau", *hist_header, "top-1", "top-5", "gain (points)", "MACs / image", "MAC saving"], rows)
         + "\nCC-ideal: only the clustifier's argmax head runs; oracle: only the true hyper-class's head runs "
         "(the bound no activation policy can beat).\n"
     )
+    parts.append(policy_table_markdown(result))
     taus = sorted({r["tau"] for r in result["policy_comparison"]})
     for part in ("calib", "test"):
         rows = []
@@ -311,16 +336,24 @@ def report_markdown(result: dict[str, Any], plots: Sequence[str]) -> str:
                     if (r["split"], r["rule"], r["weighting"]) == (part, rule, weighting)
                 }
                 rows.append([f"{rule} / {weighting}", *[f"{100 * cells[t]['top1']:.2f}" for t in taus]])
+                if all("top5" in cells[t] for t in taus):
+                    rows.append([f"{rule} / {weighting}: top-5", *[f"{100 * cells[t]['top5']:.2f}" for t in taus]])
             cells = {r["tau"]: r for r in result["policy_comparison"] if (r["split"], r["rule"]) == (part, rule)}
             rows.append([f"{rule}: MACs", *[format_count(cells[t]["macs_per_image"]) for t in taus]])
         parts.append(
-            f"\n## Activation rule and weighting ({part} split): top-1 (%) and MACs per image against tau\n\n"
+            f"\n## Activation rule and weighting ({part} split): top-1, top-5 (%) and MACs per image against tau\n\n"
             + table(["rule / weighting", *[f"{t:g}" for t in taus]], rows)
         )
     parts.append("\n" + table1_reproduction_markdown(result["table1_resnet18"]))
     parts.append("\n## Plots\n\n" + "".join(f"![{name}]({name})\n" for name in plots))
     parts.append("\n## Notes\n\n" + "".join(f"- {note}\n" for note in result["notes"]))
     return "".join(parts)
+
+
+def _requested(result: dict[str, Any]) -> tuple[str, str]:
+    """The rule and weighting the settings asked for ("auto": chosen on the calibration split)."""
+    requested = result.get("policy_choice", {}).get("requested", {})
+    return requested.get("rule", ""), requested.get("weighting", "")
 
 
 def write_report(out_dir: str | os.PathLike, result: dict[str, Any]) -> Path:

@@ -11,7 +11,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dynacnn.io import write_json, write_text
-from dynacnn.report.render import median_speedups, save_figure, timing_table
+from dynacnn.report.render import median_speedups, pct, save_figure, timing_table
+
+LABELS = {"cpcnn": "CP-CNN", "mscnn": "MS-CNN"}
 
 
 def write_bench(out: str | os.PathLike, bench: dict[str, Any]) -> dict[str, Any]:
@@ -51,8 +53,13 @@ def plot_tradeoff(path: str | os.PathLike, report: dict[str, Any]) -> Path:
         ("MS-CNN full network", ms["full"], "tab:orange", "s"),
         ("MS-CNN chosen (test)", ms["chosen"], "tab:orange", "*"),
         ("MS-CNN oracle exit", ms["oracle"], "tab:orange", "^"),
-        ("compute-matched ResNet", report["baselines"]["compute_matched"], "tab:green", "D"),
+        ("static ResNet (same recipe)", report["baselines"]["compute_matched"], "tab:green", "D"),
     ]
+    per_method = (report["baselines"].get("per_method") or {}).get("methods") or {}
+    for method, compared in per_method.items():
+        points.append(
+            (f"static ResNet at the {LABELS.get(method, method)}'s MACs", compared["static"], "tab:green", "X")
+        )
     uniform = report["baselines"].get("uniform_threshold_exit") or {}
     if "top1" in uniform:
         points.append(("uniform-threshold exit (prior art)", uniform, "tab:red", "v"))
@@ -71,7 +78,7 @@ def plot_tradeoff(path: str | os.PathLike, report: dict[str, Any]) -> Path:
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(f"{report['dataset']['name']}: accuracy against compute")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     FigureCanvasAgg(fig)
     fig.tight_layout()
     return save_figure(fig, path, dpi=110, tight=False)
@@ -80,11 +87,27 @@ def plot_tradeoff(path: str | os.PathLike, report: dict[str, Any]) -> Path:
 def _row(
     name: str, point: dict[str, Any], base: dict[str, Any], speed: float | None = None, speedup: float | None = None
 ) -> str:
-    speed_text = f"{speed:.0f} | {speedup:.2f}x" if speed and speedup else "- | -"
+    """A summary row; images/s without a measured speed-up (an interpolated static point) is marked "~"."""
+    speed_text = f"{speed:.0f} | {speedup:.2f}x" if speed and speedup else f"~{speed:.0f} | -" if speed else "- | -"
+    top5 = "-" if point.get("top5") is None else pct(point["top5"])
     return (
-        f"| {name} | {100 * point['top1']:.2f}% | {point['macs_per_image'] / 1e6:.2f} M | "
+        f"| {name} | {pct(point['top1'])} | {top5} | {point['macs_per_image'] / 1e6:.2f} M | "
         f"{base['macs_per_image'] / point['macs_per_image']:.2f}x | {speed_text} |"
     )
+
+
+def _static_rows(report: dict[str, Any]) -> list[str]:
+    """The static ResNet at each method's MACs (interpolated in log MACs between static networks of the recipe)."""
+    methods = (report["baselines"].get("per_method") or {}).get("methods") or {}
+    return [
+        _row(
+            f"static ResNet at the {LABELS.get(method, method)}'s MACs ({compared['static']['kind']})",
+            compared["static"],
+            report["base"],
+            compared["static"].get("images_per_s"),
+        )
+        for method, compared in methods.items()
+    ]
 
 
 def render_markdown(out: Path, report: dict[str, Any]) -> str:
@@ -104,12 +127,13 @@ def render_markdown(out: Path, report: dict[str, Any]) -> str:
         "",
         "## Summary (test split)",
         "",
-        "| model | top-1 | MACs/image | MAC speed-up | images/s | wall-clock speed-up |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| model | top-1 | top-5 | MACs/image | MAC speed-up | images/s | wall-clock speed-up |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         _row("base ResNet", base, base, speed["base"], speedup["base"]),
         _row(f"CP-CNN, tau = {cp['chosen']['tau']}", cp["chosen"], base, speed["cpcnn"], speedup["cpcnn"]),
         _row(f"MS-CNN, {ms['chosen']['policy']}", ms["chosen"], base, speed["mscnn"], speedup["mscnn"]),
-        _row(f"compute-matched ResNet (width {matched['width']})", matched, base, speed["matched"], speedup["matched"]),
+        _row(f"static ResNet, width {matched['width']:g}", matched, base, speed["matched"], speedup["matched"]),
+        *_static_rows(report),
     ]
     uniform = report["baselines"].get("uniform_threshold_exit") or {}
     if "top1" in uniform:
@@ -146,22 +170,38 @@ def embedded_markdown(path: Path, folder: str) -> str:
 
 
 def verdict(report: dict[str, Any]) -> str:
-    """Plain words on which method wins at equal MACs, including where ours loses."""
-    cp, matched, ms = report["cpcnn"]["chosen"], report["baselines"]["compute_matched"], report["mscnn"]["chosen"]
-    gap = 100 * (cp["top1"] - matched["top1"])
-    words = (
-        f"At about equal MACs ({cp['macs_per_image'] / 1e6:.2f} M against {matched['macs_per_image'] / 1e6:.2f} M), "
-        f"the CP-CNN is {abs(gap):.2f} points {'more' if gap >= 0 else 'less'} accurate than a plain ResNet trained with "
-        f"the same recipe: {'routing wins' if gap > 0 else 'routing loses here'}. "
-    )
+    """Plain words, per method, on whether routing beats a static ResNet of the same recipe at the same MACs (by the
+    margin asked), including where ours loses; then the prior art's uniform-threshold exit."""
+    compared = report["baselines"].get("per_method") or {}
+    words = []
+    for method, result in (compared.get("methods") or {}).items():
+        point, static, gap = report[method]["chosen"], result["static"], result["gap_points"]
+        widths = " and ".join(f"{width:g}" for width in static["from"])
+        how = {
+            "trained": f"the width {widths}, trained at these MACs",
+            "interpolated": f"interpolated in log MACs between the widths {widths}",
+            "extrapolated": f"extrapolated in log MACs from the widths {widths}",
+        }[static["kind"]]
+        words.append(
+            f"At {point['macs_per_image'] / 1e6:.2f} M MACs the {LABELS.get(method, method)} reaches "
+            f"{pct(point['top1'])}, a static ResNet of the same recipe {pct(static['top1'])} ({how}): "
+            f"{abs(gap):.2f} points {'more' if gap >= 0 else 'less'} accurate, "
+            + (
+                f"so routing beats shrinking the network by the {compared['margin_points']:g} points asked."
+                if result["beats"]
+                else f"short of the {compared['margin_points']:g} points asked"
+                + (": shrinking the network does as well or better." if gap <= 0 else ".")
+            )
+        )
     uniform = report["baselines"].get("uniform_threshold_exit") or {}
     if "top1" in uniform:
-        words += (
-            f"The MS-CNN's chosen policy reaches {100 * ms['top1']:.2f}% at {ms['macs_per_image'] / 1e6:.2f} M MACs; "
-            f"the uniform-threshold early exit of prior work reaches {100 * uniform['top1']:.2f}% at "
+        ms = report["mscnn"]["chosen"]
+        words.append(
+            f"The MS-CNN's chosen policy reaches {pct(ms['top1'])} at {ms['macs_per_image'] / 1e6:.2f} M MACs; "
+            f"the uniform-threshold early exit of prior work reaches {pct(uniform['top1'])} at "
             f"{uniform['macs_per_image'] / 1e6:.2f} M."
         )
-    return words
+    return " ".join(words)
 
 
 def write_report(out: str | os.PathLike, report: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 
 from dynacnn.flops import format_count
 from dynacnn.io import write_text
+from dynacnn.report.mscnn_tables import eq1_section, pct5, whole_network_section
 from dynacnn.report.render import pct, save_figure, table
 
 DPI = 110
@@ -175,6 +176,18 @@ def _table2_section(rows: list[dict]) -> list[str]:
     ]
 
 
+def _ranking(result: dict) -> str:
+    ranking = result.get("cap_conv_ranking")
+    return "the calibration split" if ranking is None else f"{ranking['images']} images of the {ranking['split']} split"
+
+
+def _at_bits(row: dict, key: str) -> str:
+    """A stage's accuracy at its saturation bit-length, with float in brackets ('-' before top-5 was recorded)."""
+    if key not in row:
+        return "-"
+    return f"{pct(row[key])} ({pct(row['float_' + key])})"
+
+
 def markdown(result: dict, plots: list[str]) -> str:
     """The mscnn.md report."""
     full, chosen, oracle = result["full"], result["chosen"], result["oracle"]
@@ -183,7 +196,7 @@ def markdown(result: dict, plots: list[str]) -> str:
         f"{result['mac_note']}. Accuracies on the test split unless marked calib.\n",
         "\n## Stages (Table II analog)\n\n",
         table(
-            ["stage", "band", "params", "MACs", "cumulative MACs", "top-1", "calib top-1"],
+            ["stage", "band", "params", "MACs", "cumulative MACs", "top-1", "top-5", "calib top-1", "calib top-5"],
             [
                 [
                     s["stage"],
@@ -192,7 +205,9 @@ def markdown(result: dict, plots: list[str]) -> str:
                     format_count(s["macs"]),
                     format_count(s["cumulative_macs"]),
                     pct(s["top1"]),
+                    pct5(s.get("top5")),
                     pct(s["calib_top1"]),
+                    pct5(s.get("calib_top5")),
                 ]
                 for s in result["stages"]
             ],
@@ -200,11 +215,12 @@ def markdown(result: dict, plots: list[str]) -> str:
         *_table2_section(result.get("table2", [])),
         "\n## Full network, oracle and chosen policy\n\n",
         table(
-            ["", "top-1", "MACs / image", "MAC fraction", "images/s"],
+            ["", "top-1", "top-5", "MACs / image", "MAC fraction", "images/s"],
             [
                 [
                     "full MS-CNN",
                     pct(full["top1"]),
+                    pct5(full.get("top5")),
                     format_count(full["macs_per_image"]),
                     "100%",
                     f"{full['images_per_s']:.0f}",
@@ -212,6 +228,7 @@ def markdown(result: dict, plots: list[str]) -> str:
                 [
                     "oracle (bound)",
                     pct(oracle["top1"]),
+                    "-",
                     format_count(oracle["macs_per_image"]),
                     pct(oracle["macs_per_image"] / full["macs_per_image"]),
                     "-",
@@ -219,6 +236,7 @@ def markdown(result: dict, plots: list[str]) -> str:
                 [
                     f"chosen {chosen['policy']}",
                     pct(chosen["top1"]),
+                    pct5(chosen.get("top5")),
                     format_count(chosen["macs_per_image"]),
                     pct(chosen["macs_fraction"]),
                     f"{chosen['images_per_s']:.0f}",
@@ -226,6 +244,7 @@ def markdown(result: dict, plots: list[str]) -> str:
                 [
                     f"prior art: uniform D_ct ({result['uniform_chosen']['name']}, same rule)",
                     pct(result["uniform_chosen"]["top1"]),
+                    pct5(result["uniform_chosen"].get("top5")),
                     format_count(result["uniform_chosen"]["macs_per_image"]),
                     pct(result["uniform_chosen"]["macs_per_image"] / full["macs_per_image"]),
                     "-",
@@ -240,13 +259,25 @@ def markdown(result: dict, plots: list[str]) -> str:
         f"counted MACs of the first batch {chosen['counted_macs_first_batch']} vs modelled {chosen['modelled_macs_first_batch']:.0f}.\n",
         "\n## Policy frontiers (Figs. 5, 6, 8)\n\n",
         table(
-            ["policy", "settings", "calib top-1", "top-1", "MACs / image", "MAC fraction", "params / image"],
+            [
+                "policy",
+                "settings",
+                "calib top-1",
+                "calib top-5",
+                "top-1",
+                "top-5",
+                "MACs / image",
+                "MAC fraction",
+                "params / image",
+            ],
             [
                 [
                     r["name"],
                     _settings(r["settings"]),
                     pct(r["calib_top1"]),
+                    pct5(r.get("calib_top5")),
                     pct(r["top1"]),
+                    pct5(r.get("top5")),
                     format_count(r["macs_per_image"]),
                     pct(r["macs_per_image"] / full["macs_per_image"]),
                     format_count(r["params_per_image"]),
@@ -255,9 +286,20 @@ def markdown(result: dict, plots: list[str]) -> str:
                 if r["frontier"] or r["name"] == "full"
             ],
         ),
+        *eq1_section(result),
         "\n## CAP_CONV: smart against ignorant filter pruning (Fig. 7)\n\n",
         table(
-            ["rm", "P_th", "MACs / image", "smart top-1", "ignorant top-1", "smart calib", "ignorant calib"],
+            [
+                "rm",
+                "P_th",
+                "MACs / image",
+                "smart top-1",
+                "ignorant top-1",
+                "smart top-5",
+                "ignorant top-5",
+                "smart calib",
+                "ignorant calib",
+            ],
             [
                 [
                     r["rm"],
@@ -265,21 +307,34 @@ def markdown(result: dict, plots: list[str]) -> str:
                     format_count(r["macs_per_image"]),
                     pct(r["smart_test_top1"]),
                     pct(r["ignorant_test_top1"]),
+                    pct5(r.get("smart_test_top5")),
+                    pct5(r.get("ignorant_test_top5")),
                     pct(r["smart_calib_top1"]),
                     pct(r["ignorant_calib_top1"]),
                 ]
                 for r in result["cap_conv"]
             ],
         ),
+        f"\nFilter ranking (Alg. 3 Pre) fitted on {_ranking(result)}; policies chosen on the calibration split.\n",
         "\n## Bit-lengths (Fig. 4, Table III analog)\n\n",
         f"Symmetric per-tensor fixed point; saturation = shortest bit-length within {100 * result['bits']['tolerance']:.1f} points "
         f"of float on {result['bits']['images']} calibration images.\n\n",
         table(
-            ["stage", "saturation bits", "params", "size at 32 bits (MB)", "size at saturation (MB)"],
+            [
+                "stage",
+                "saturation bits",
+                "top-1 (float)",
+                "top-5 (float)",
+                "params",
+                "size at 32 bits (MB)",
+                "size at saturation (MB)",
+            ],
             [
                 [
                     r["stage"],
                     r["saturation_bits"],
+                    _at_bits(r, "top1"),
+                    _at_bits(r, "top5"),
                     format_count(r["params"]),
                     f"{r['size_mb_32']:.3f}",
                     f"{r['size_mb_bits']:.3f}",
@@ -287,14 +342,16 @@ def markdown(result: dict, plots: list[str]) -> str:
                 for r in result["bits"]["stages"]
             ],
         ),
+        *whole_network_section(result["bits"]),
         "\nDynamic variant (calibration split): last-FC rows of classes outside the previous stage's top-`keep` at `low_bits`.\n\n",
         table(
-            ["keep", "low bits", "final top-1", "last-FC kB / image", "static kB / image"],
+            ["keep", "low bits", "final top-1", "final top-5", "last-FC kB / image", "static kB / image"],
             [
                 [
                     r["keep"],
                     r["low_bits"],
                     pct(r["top1"]),
+                    pct5(r.get("top5")),
                     f"{r['fc_kb_per_image']:.2f}",
                     f"{r['static_fc_kb_per_image']:.2f}",
                 ]
