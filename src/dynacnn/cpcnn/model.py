@@ -165,12 +165,12 @@ class CPCNN(nn.Module):
 
     def policy(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Alg. 1 / Eq. 1 active sets and Eq. 3 weights for clustifier probabilities v (B, G)."""
-        return activate(v, self.confusion.to(v.dtype), self.tau, self.rule, self.weighting)
+        return activate(v, self.confusion.to(device=v.device, dtype=v.dtype), self.tau, self.rule, self.weighting)
 
     def image_macs(self, active: torch.Tensor, nested: torch.Tensor | None = None) -> torch.Tensor:
         """MACs each image executes: S + M + its active heads (B,), from the cost table (no matmul: not counted),
         plus `nested` (B,): the sub-heads it ran inside nested CP-CNNs."""
-        macs = self.fixed_macs + (active.long() * self.head_macs).sum(1)
+        macs = self.fixed_macs + (active.long() * self.head_macs.to(active.device)).sum(1)
         return macs if nested is None else macs + nested
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
