@@ -65,7 +65,9 @@ Checkpoint = Annotated[
 ]
 Arch = Annotated[
     Optional[str],
-    typer.Option(parser=external_arch, autocompletion=complete_arch, metavar="ARCH", help=" | ".join(ARCH_HELP)),
+    typer.Option(
+        "--arch", parser=external_arch, autocompletion=complete_arch, metavar="ARCH", help=" | ".join(ARCH_HELP)
+    ),
 ]
 SourceData = Annotated[Optional[Dataset], typer.Option(help="with --checkpoint: the model's dataset")]
 Levels = Annotated[int, typer.Option(help="2: a nested CP-CNN (S', M', heads) in the largest hyper-class too")]
