@@ -92,14 +92,8 @@ def convert(
     describes the backbone for `load_cpcnn` (default: `backbone_spec(backbone)`).
     """
     conv = prepare(backbone, data, out_dir, config, device, resume, spec)
-    cluster(conv)
-    choose_split_point(conv)
-    cache_outputs(conv)
-    train_clustifier(conv)
-    train_heads(conv)
-    choose_point(conv)
-    measure_test(conv)
-    save(conv)
+    for step in STEPS:
+        step(conv)
     return load_cpcnn(conv.out, conv.device)
 
 
@@ -379,6 +373,19 @@ def save(conv: Conversion) -> dict[str, Any]:
     write_json(conv.out / "cpcnn.json", result)
     write_report(conv.out, result)
     return result
+
+
+STEPS = (
+    cluster,
+    choose_split_point,
+    cache_outputs,
+    train_clustifier,
+    train_heads,
+    choose_point,
+    measure_test,
+    save,
+)
+"""The conversion's steps after `prepare`, in order (`convert`; `experiments.multilevel` runs them too)."""
 
 
 def run_cpcnn(

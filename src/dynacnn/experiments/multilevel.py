@@ -44,16 +44,7 @@ def convert_multilevel(
     if config.split is not None:
         next_split(config.split)  # a second level needs a stage after S': refused before any work
     conv = pipeline.prepare(backbone, data, out_dir, config, device, resume, spec)
-    for step in (
-        pipeline.cluster,
-        pipeline.choose_split_point,
-        pipeline.cache_outputs,
-        pipeline.train_clustifier,
-        pipeline.train_heads,
-        pipeline.choose_point,
-        pipeline.measure_test,
-        pipeline.save,
-    ):
+    for step in pipeline.STEPS:
         step(conv)
     model, result = add_second_level(conv, levels)
     meta = {
