@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,8 +40,10 @@ def measure(
     repeats: int = 5,
     max_images_batch1: int = 500,
     chunk_batches: int = 10,
-) -> list[dict[str, float | str | int]]:
-    """Images/s of every contender at every batch size; ratios are against the first contender (the base).
+    references: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Images/s of every contender at every batch size; ratios are against the first contender (the base), or
+    against `references[name]` where given (e.g. an exported model against the exported base).
 
     Each repetition walks the images in chunks of `chunk_batches` batches; every contender runs each chunk
     right after the others (the order rotates from chunk to chunk), so a burst of load on a shared machine
@@ -50,10 +52,15 @@ def measure(
     images/s is the images over the median repetition's total time. At batch size 1 only the first
     `max_images_batch1` images are timed. Timings are of the steady state: every contender first makes one
     untimed pass over all the images, so a routed model whose sub-batches take many shapes has met them all
-    (oneDNN builds a kernel per new shape; on the MS-CNN the cold first pass was about 20% slower).
+    (oneDNN builds a kernel per new shape; on the MS-CNN the cold first pass was about 20% slower). Each row keeps
+    its per-chunk seconds (`chunk_seconds`), so `paired_speedup` can pair any two rows afterwards.
     """
-    rows: list[dict[str, float | str | int]] = []
-    base = contenders[0]
+    rows: list[dict[str, Any]] = []
+    by_name = {c.name: c for c in contenders}
+    reference_of = {c.name: (references or {}).get(c.name, contenders[0].name) for c in contenders}
+    unknown = sorted(set(reference_of.values()) - set(by_name))
+    if unknown:
+        raise ValueError(f"references name contenders that are not timed: {unknown}")
     bar = tqdm(total=len(batch_sizes) * (repeats + 1), desc="timing", unit="pass", leave=False, disable=None)
     for batch_size in batch_sizes:
         subset = images[:max_images_batch1] if batch_size == 1 else images
@@ -73,16 +80,14 @@ def measure(
                     times[contender.name][-1].append(_time_pass(contender.infer, part, batch_size))
             bar.update()
         for contender in contenders:
-            ratios = [
-                b / c
-                for base_pass, pass_ in zip(times[base.name], times[contender.name])
-                for b, c in zip(base_pass, pass_)
-            ]
+            base = by_name[reference_of[contender.name]]
+            ratios = chunk_ratios(times[base.name], times[contender.name])
             mac_speedup = base.macs_per_image / contender.macs_per_image if contender.macs_per_image else float("inf")
             wall_median = statistics.median(ratios)
             rows.append(
                 {
                     "model": contender.name,
+                    "reference": base.name,
                     "batch_size": batch_size,
                     "images": len(subset),
                     "images_per_s": len(subset) / statistics.median(sum(pass_) for pass_ in times[contender.name]),
@@ -92,7 +97,24 @@ def measure(
                     "wall_speedup_median": wall_median,
                     "paired_timings": len(ratios),
                     "routing_efficiency": wall_median / mac_speedup,
+                    "chunk_seconds": times[contender.name],
                 }
             )
     bar.close()
     return rows
+
+
+def chunk_ratios(reference: Sequence[Sequence[float]], contender: Sequence[Sequence[float]]) -> list[float]:
+    """Per-chunk speed-ups: reference seconds / contender seconds on the same chunk of the same repetition."""
+    return [b / c for ref_pass, pass_ in zip(reference, contender) for b, c in zip(ref_pass, pass_)]
+
+
+def paired_speedup(row: Mapping[str, Any], reference: Mapping[str, Any]) -> dict[str, float]:
+    """Median and min per-chunk speed-up of timing row `row` over `reference` (two rows of one `measure` call, same
+    batch size), with the MAC speed-up and the routing efficiency (wall median / MAC speed-up)."""
+    if row["batch_size"] != reference["batch_size"]:
+        raise ValueError(f"rows of batch sizes {row['batch_size']} and {reference['batch_size']} are not paired")
+    ratios = chunk_ratios(reference["chunk_seconds"], row["chunk_seconds"])
+    mac = reference["macs_per_image"] / row["macs_per_image"] if row["macs_per_image"] else float("inf")
+    median = statistics.median(ratios)
+    return {"median": median, "min": min(ratios), "mac_speedup": mac, "routing_efficiency": median / mac}

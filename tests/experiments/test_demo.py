@@ -29,7 +29,12 @@ def test_quick_demo_report_validates_against_the_schema(demo_dir):
     jsonschema.validate(report, schema)
     assert report["base"]["images_per_s"] > 0
     assert {row["batch_size"] for row in report["bench"]} == {1, 32, 256}
-    assert {row["model"] for row in report["bench"]} == {"base", "cpcnn", "mscnn", "matched"}
+    models = {"base", "cpcnn", "mscnn", "mscnn-full", "matched"}
+    assert {row["model"] for row in report["bench"]} == models | {name + "-ort" for name in models}
+    assert all(row["reference"] == ("base-ort" if row["model"].endswith("-ort") else "base") for row in report["bench"])
+    assert {(t["runtime"], t["model"]) for t in report["speed_targets"]} == {
+        (runtime, model) for runtime in ("PyTorch", "ONNX Runtime") for model in ("cpcnn", "mscnn")
+    }
     static = [report["base"], report["baselines"]["compute_matched"]]
     for method, compared in report["baselines"]["per_method"]["methods"].items():
         chosen = report[method]["chosen"]

@@ -39,7 +39,7 @@ def test_table_aligns_the_first_column_left_and_the_rest_right_unless_told():
 def test_timing_table_and_medians_of_measure_rows():
     text = timing_table(ROWS)
     assert "routing efficiency" in text.splitlines()[0] and len(text.splitlines()) == 2 + len(ROWS)
-    assert "| cheap | 256 | 200 | 1.00 M | 2.00x | 1.53x / 1.70x | 0.85 |" in text
+    assert "| cheap | base | 256 | 200 | 1.00 M | 2.00x | 1.53x / 1.70x | 0.85 |" in text
     assert median_speedups(ROWS) == {"base": 1.0, "cheap": 1.7}
     assert median_speedups(ROWS, 32) == {"base": 1.0, "cheap": 1.5}
 

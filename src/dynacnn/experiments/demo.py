@@ -310,8 +310,8 @@ def run_demo(
     bench = steps.run(
         "Benchmark: images/s side by side",
         bench is not None,
-        # ONNX Runtime contenders double the benchmark's time (the demo keeps to 20 minutes): `dynacnn bench` adds them
-        lambda: bench or benchmark(out, splits, dev, console, repeats=2 if quick else 3, onnx=False),
+        # the exported models (ONNX Runtime, CPU) add about a minute to a full demo
+        lambda: bench or benchmark(out, splits, dev, console, repeats=2 if quick else 3),
         redo=(out / "bench.json").exists(),
     )
     speed = bench["images_per_s"]
@@ -349,6 +349,7 @@ def run_demo(
                     "uniform_threshold_exit": uniform_threshold_exit(mscnn, max_drop),
                 },
                 "bench": bench["rows"],
+                "speed_targets": bench.get("targets", []),
                 "images_per_s_batch256": speed,
             },
         ),

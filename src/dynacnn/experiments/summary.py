@@ -65,3 +65,9 @@ def summary_table(console: Console, report: dict[str, Any]) -> None:
             f"{LABELS.get(method, method)} against a static ResNet at its MACs: {compared['gap_points']:+.2f} points "
             f"of test top-1 (target: at least +{margin:g}: {'met' if compared['beats'] else 'missed'})"
         )
+    for target in report.get("speed_targets", []):
+        console.print(
+            f"{target['runtime']}: {LABELS[target['model']]} {target['measure']} over {target['reference']} at batch "
+            f"{target['batch_size']}: {target['measured']:.3f} (target {target['target']:g}: "
+            f"{'met' if target['met'] else 'missed'})"
+        )

@@ -47,8 +47,10 @@ def export_directory(
     mscnn: str | Path | None = None,
     run: str | Path | None = None,
     variants: str = "policy",
+    mscnn_policy: str = "chosen",
 ) -> dict[str, Any]:
-    """Export the model of exactly one of `cpcnn`, `mscnn` (its chosen policy) or `run` (a static model) to `out`."""
+    """Export the model of exactly one of `cpcnn`, `mscnn` (its `mscnn_policy`: "chosen" or "full") or `run` (a
+    static model) to `out`."""
     given = [
         (kind, Path(path)) for kind, path in (("cpcnn", cpcnn), ("mscnn", mscnn), ("run", run)) if path is not None
     ]
@@ -63,7 +65,7 @@ def export_directory(
         names = meta.get("class_names") or (info.class_names if info else None)
         spec = export_cpcnn(model, out, **stats(info), class_names=names)
     elif kind == "mscnn":
-        model = load_mscnn(source, "cpu")
+        model = load_mscnn(source, "cpu", mscnn_policy)
         data = read_json(source / "model.json").get("data")
         info = dataset_info(data, source)
         if info is None:

@@ -11,7 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dynacnn.io import write_json, write_text
-from dynacnn.report.render import median_speedups, pct, save_figure, timing_table
+from dynacnn.report.render import median_speedups, pct, save_figure, targets_table, timing_table
 
 LABELS = {"cpcnn": "CP-CNN", "mscnn": "MS-CNN"}
 
@@ -20,7 +20,8 @@ def write_bench(out: str | os.PathLike, bench: dict[str, Any]) -> dict[str, Any]
     """Write the benchmark's bench.json and bench.md (its timing table) into `out`; return `bench`."""
     out = Path(out)
     write_json(out / "bench.json", bench)
-    write_text(out / "bench.md", timing_table(bench["rows"]))
+    targets = bench.get("targets")
+    write_text(out / "bench.md", timing_table(bench["rows"]) + ("\n" + targets_table(targets) if targets else ""))
     return bench
 
 
@@ -149,6 +150,8 @@ def render_markdown(out: Path, report: dict[str, Any]) -> str:
         timing_table(report["bench"]) if report.get("bench") else "",
         "",
     ]
+    if report.get("speed_targets"):
+        lines += ["### Speed targets, per runtime (paired medians)", "", targets_table(report["speed_targets"]), ""]
     for folder in ("cpcnn", "mscnn"):
         lines += [embedded_markdown(out / folder / f"{folder}.md", folder), ""]
         linked = set(re.findall(r"\]\(([^)]+)\)", lines[-2]))

@@ -42,14 +42,33 @@ def median_speedups(rows: Sequence[dict[str, Any]], batch_size: int = 256) -> di
 
 
 def timing_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown table of `dynacnn.timing.measure` rows (bench.md)."""
+    """Markdown table of `dynacnn.timing.measure` rows (bench.md); ratios against each row's reference."""
     lines = [
-        "| model | batch | images/s | MACs/image | MAC speed-up | wall speed-up (min / median) | routing efficiency |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| model | vs | batch | images/s | MACs/image | MAC speed-up | wall speed-up (min / median) | routing efficiency |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         lines.append(
-            f"| {row['model']} | {row['batch_size']} | {row['images_per_s']:.0f} | {row['macs_per_image'] / 1e6:.2f} M | "
-            f"{row['mac_speedup']:.2f}x | {row['wall_speedup_min']:.2f}x / {row['wall_speedup_median']:.2f}x | {row['routing_efficiency']:.2f} |"
+            f"| {row['model']} | {row.get('reference', 'base')} | {row['batch_size']} | {row['images_per_s']:.0f} | "
+            f"{row['macs_per_image'] / 1e6:.2f} M | {row['mac_speedup']:.2f}x | "
+            f"{row['wall_speedup_min']:.2f}x / {row['wall_speedup_median']:.2f}x | {row['routing_efficiency']:.2f} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def targets_table(targets: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of `experiments.speed_targets` entries (bench.md, the demo's summary)."""
+    rows = [
+        (
+            t["runtime"],
+            f"{t['model']} vs {t['reference']}",
+            t["batch_size"],
+            t["measure"],
+            f"{t['measured']:.3f}",
+            f"{t['target']:g}",
+            "met" if t["met"] else "missed",
+        )
+        for t in targets
+    ]
+    header = ("runtime", "pair", "batch", "measure", "measured (median)", "target", "")
+    return table(header, rows, ["---", "---", "---:", "---", "---:", "---:", "---"])
