@@ -138,3 +138,24 @@ def test_the_export_and_run_commands(tiny_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["run", "--export", str(tmp_path / "missing")])
     assert exit_info.value.code == 2
+
+
+def test_export_int8_quantizes_the_large_graphs_on_the_calibration_split_and_still_classifies(
+    tiny_run, base_export, tmp_path
+):
+    out = tmp_path / "int8"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--run", str(tiny_run), "--out", str(out), "--int8"])
+        raise SystemExit(0)
+    assert not exit_info.value.code
+    spec = json.loads((out / "routing.json").read_text())
+    record = spec["quantization"]
+    assert record["graphs"]["model.onnx"].startswith("int8") and record["calibration_images"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["int8"]  # the float scratch export is gone
+    splits = load_run(tiny_run).data_spec.load()
+    assert record["calibration_images"] == min(512, len(splits.calib))
+    x, _ = next(iter(ImageBatches(splits.test, splits.info, 64)(None, torch.device("cpu"))))
+    float_probs = runtime.load(base_export[0]).run(x.numpy()).probs
+    int8_probs = runtime.load(out).run(x.numpy()).probs
+    assert not np.allclose(int8_probs, float_probs, atol=1e-6)  # it really runs other arithmetic
+    assert (int8_probs.argmax(1) == float_probs.argmax(1)).mean() >= 0.9

@@ -9,20 +9,25 @@ from __future__ import annotations
 
 import functools
 import json
+import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from dynacnn.cpcnn.serialize import load_cpcnn
 from dynacnn.errors import CheckpointError, ConfigError
 from dynacnn.export.cpcnn import export_cpcnn
 from dynacnn.export.mscnn import export_mscnn
 from dynacnn.export.plain import export_plain
+from dynacnn.export.quantize import CALIBRATION_IMAGES, quantize_export
 from dynacnn.export.spec import write_spec
 from dynacnn.io import read_json
 from dynacnn.mscnn.serialize import load_mscnn
 from dynacnn.runs import DataSpec, load_run
+from dynacnn.runtime.spec import normalize
 
 
 @functools.cache
@@ -48,9 +53,13 @@ def export_directory(
     run: str | Path | None = None,
     variants: str = "policy",
     mscnn_policy: str = "chosen",
+    int8: bool = False,
 ) -> dict[str, Any]:
     """Export the model of exactly one of `cpcnn`, `mscnn` (its `mscnn_policy`: "chosen" or "full") or `run` (a
-    static model) to `out`."""
+    static model) to `out`; `int8`: its large graphs quantized (`quantize_export`), calibrated on the first
+    `CALIBRATION_IMAGES` images of the calibration split of the data the model was trained on."""
+    if int8:
+        return export_int8(out, cpcnn=cpcnn, mscnn=mscnn, run=run, variants=variants, mscnn_policy=mscnn_policy)
     given = [
         (kind, Path(path)) for kind, path in (("cpcnn", cpcnn), ("mscnn", mscnn), ("run", run)) if path is not None
     ]
@@ -80,6 +89,25 @@ def export_directory(
         spec = export_plain(trained.model, out, info.input_shape, **stats(info), class_names=info.class_names)
     spec["source"] = {"kind": kind, "dir": str(source), "data": data}
     return write_spec(Path(out), spec)
+
+
+def export_int8(out: str | Path, **sources: Any) -> dict[str, Any]:
+    """The float32 export of `sources` (made in a scratch folder beside `out`, then removed) quantized into `out`."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-float-") as scratch:
+        spec = export_directory(scratch, **sources)
+        return quantize_export(scratch, out, calibration_images(spec, scratch))
+
+
+def calibration_images(spec: Mapping[str, Any], export_dir: str | Path) -> np.ndarray:
+    """The first `CALIBRATION_IMAGES` images of the calibration split of an export's recorded data, normalised."""
+    data = spec["source"].get("data")
+    if data is None or spec.get("mean") is None:
+        raise ConfigError(f"{export_dir} records no dataset; int8 needs its calibration split: export without --int8")
+    calib = DataSpec(**data).load().calib
+    raw = np.asarray(calib.read_images(0, min(CALIBRATION_IMAGES, len(calib))))
+    return normalize(raw, spec["mean"], spec["std"])
 
 
 def stats(info: Any) -> dict[str, Any]:
