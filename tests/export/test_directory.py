@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -159,3 +160,15 @@ def test_export_int8_quantizes_the_large_graphs_on_the_calibration_split_and_sti
     int8_probs = runtime.load(out).run(x.numpy()).probs
     assert not np.allclose(int8_probs, float_probs, atol=1e-6)  # it really runs other arithmetic
     assert (int8_probs.argmax(1) == float_probs.argmax(1)).mean() >= 0.9
+
+
+def test_export_int8_of_a_model_without_a_recorded_dataset_is_refused_and_leaves_nothing(cpcnn_dir, tmp_path):
+    source = tmp_path / "cpcnn"
+    shutil.copytree(cpcnn_dir, source)
+    meta = json.loads((source / "cpcnn_model.json").read_text())
+    meta["backbone"].pop("data")
+    (source / "cpcnn_model.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="records no dataset; int8 needs its calibration split") as info:
+        export_directory(tmp_path / "exports" / "int8", cpcnn=source, int8=True)
+    assert "\n" not in str(info.value)
+    assert list((tmp_path / "exports").iterdir()) == []

@@ -69,7 +69,7 @@ def benchmark(
     out: Path, splits: Any, device: torch.device, console: Console, repeats: int = 5, onnx: bool = True
 ) -> dict[str, Any]:
     """Images/s of every contender at batch 1, 32 and 256 on the test split, paired chunks; writes bench.json/.md
-    with issue 19's speed targets checked per runtime (`speed_targets`).
+    with the speed targets checked per runtime (`speed_targets`).
 
     With `onnx` (CPU only) the models also run exported (`out/export/<name>`, ONNX Runtime, routed in numpy) as
     contenders "<name>-ort" in the same interleaved passes, each paired with base-ort (the same runtime)."""

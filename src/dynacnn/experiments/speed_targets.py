@@ -1,4 +1,5 @@
-"""Issue 19's speed targets checked against one benchmark's paired timings, per runtime (PyTorch, ONNX Runtime).
+"""The speed targets (docs/results.md) checked against one benchmark's paired timings, per runtime (PyTorch and
+ONNX Runtime).
 
 Every ratio pairs two contenders of the same `measure` call in the same runtime: the CP-CNN and the MS-CNN against
 that runtime's base, and the MS-CNN also against its own full network (every stage, every class).
