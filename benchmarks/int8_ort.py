@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import platform
-import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,7 +40,7 @@ from dynacnn.export.quantize import CALIBRATION_IMAGES, quantize_export
 from dynacnn.report.render import table
 from dynacnn.runs import load_run
 from dynacnn.runtime import load
-from dynacnn.timing import measure
+from dynacnn.timing import measure, paired_speedup
 
 BATCH_SIZES = (1, 32, 256)
 DEMO_MODELS = (
@@ -123,29 +122,26 @@ def timing(
         return measure(contenders, images, args.batch_sizes, args.repeats, args.batch1_images, chunk_batches=10)
 
 
-def speedup(rows: dict[str, dict[str, Any]], model: str, reference: str) -> float:
-    """`model`'s speed over `reference`'s: the median per-chunk ratio where `measure` keeps each chunk's seconds
-    (the same images moments apart), else the ratio of images/s."""
-    if "chunk_seconds" in rows[model]:
-        pairs = zip(rows[reference]["chunk_seconds"], rows[model]["chunk_seconds"])
-        return statistics.median(r / m for ref, mod in pairs for r, m in zip(ref, mod))
-    return rows[model]["images_per_s"] / rows[reference]["images_per_s"]
-
-
 def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per batch size: int8 over float per model; each routed model over the base of the same precision, its MAC
     speed-up and routing efficiency (wall speed-up / MAC speed-up)."""
     out: dict[str, dict[str, Any]] = {}
     for batch in sorted({int(r["batch_size"]) for r in rows}):
         at = {r["model"]: r for r in rows if r["batch_size"] == batch}
-        entry: dict[str, Any] = {"int8_over_float": {m: speedup(at, f"{m}/int8", f"{m}/float") for m in MODELS}}
+        entry: dict[str, Any] = {
+            "int8_over_float": {m: paired_speedup(at[f"{m}/int8"], at[f"{m}/float"])["median"] for m in MODELS}
+        }
         for precision in ("float", "int8"):
-            base = f"base/{precision}"
+            base = at[f"base/{precision}"]
             entry[f"vs_base_{precision}"] = {}
             for m in ROUTED:
-                wall = speedup(at, f"{m}/{precision}", base)
-                macs = at[base]["macs_per_image"] / at[f"{m}/{precision}"]["macs_per_image"]
-                entry[f"vs_base_{precision}"][m] = {"wall": wall, "macs": macs, "efficiency": wall / macs}
+                pair = paired_speedup(at[f"{m}/{precision}"], base)
+                wall, macs = pair["median"], pair["mac_speedup"]
+                entry[f"vs_base_{precision}"][m] = {
+                    "wall": wall,
+                    "macs": macs,
+                    "efficiency": pair["routing_efficiency"],
+                }
         out[str(batch)] = entry
     return out
 
@@ -170,7 +166,7 @@ def explore(
     at = {b: {r["model"]: r for r in rows if r["batch_size"] == b} for b in (32, 256)}
     return [
         [key, f"{100 * accuracy[key]:.2f}%"]
-        + [f"{speedup(at[b], key, key.split('/')[0] + '/float'):.2f}x" for b in (32, 256)]
+        + [f"{paired_speedup(at[b][key], at[b][key.split('/')[0] + '/float'])['median']:.2f}x" for b in (32, 256)]
         for key in exports
     ]
 
