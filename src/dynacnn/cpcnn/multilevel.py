@@ -27,7 +27,7 @@ from dynacnn.cpcnn.compress import SMALL_CONFIGS, available_configurations, shar
 from dynacnn.cpcnn.levels import head_shared, nested_cpcnn, next_split, shared_between
 from dynacnn.cpcnn.model import CPCNN, TrivialHead
 from dynacnn.cpcnn.policy import activate, confusion_matrix, merge
-from dynacnn.cpcnn.training import ComponentTrainer, component_key, hyper_class_teacher, train_component
+from dynacnn.cpcnn.training import ComponentTrainer, component_key, hyper_class_teacher
 from dynacnn.data import batches
 from dynacnn.errors import ConfigError
 from dynacnn.flops import count_macs
@@ -119,17 +119,9 @@ class SubTrainer(ComponentTrainer):
         train = source.training_batches(group_of, teacher, in_train, self.train_config.batch_size, self.memory_format)
         in_calib = torch.nonzero(torch.isin(calib.labels, parent)).flatten()
         identity = self._identity(split, "clustifier", name, self.members, source.copies, train, self.config.distill)
-        record = train_component(
-            module,
-            component_key(split, "clustifier", name),
-            train,
-            (calib, in_calib, group_of[calib.labels[in_calib]]),
-            self.out,
-            self.train_config,
-            identity,
-            self.device,
-            self.resume,
-            distill=distill,
+        key = component_key(split, "clustifier", name)
+        record = self.train_part(
+            module, key, train, (calib, in_calib, group_of[calib.labels[in_calib]]), identity, distill
         )
         return module, record
 

@@ -193,6 +193,21 @@ class ComponentTrainer:
             "distill": distill,
         }
 
+    def train_part(
+        self,
+        module: nn.Module,
+        key: str,
+        train: Batches,
+        calib: tuple[CachedSplit | RecomputedSplit, torch.Tensor | None, torch.Tensor],
+        identity: dict[str, Any],
+        distill: float,
+        reuse: bool = False,
+    ) -> dict[str, Any]:
+        """`train_component` with this conversion's output directory, recipe, device and resume setting."""
+        return train_component(
+            module, key, train, calib, self.out, self.train_config, identity, self.device, self.resume, reuse, distill
+        )
+
     def clustifier(
         self, split: str, name: str, cache: dict[str, CachedSplit | RecomputedSplit]
     ) -> tuple[nn.Module, dict[str, Any]]:
@@ -205,10 +220,7 @@ class ComponentTrainer:
         calib = (cache["calib"], None, group_of[cache["calib"].labels])
         key = component_key(split, "clustifier", name)
         identity = self._identity(split, "clustifier", name, self.members, source.copies, train, self.config.distill)
-        reuse = key in self.finished
-        record = train_component(
-            module, key, train, calib, self.out, self.train_config, identity, self.device, self.resume, reuse, distill
-        )
+        record = self.train_part(module, key, train, calib, identity, distill, reuse=key in self.finished)
         self.finished.add(key)
         return module, record
 
@@ -230,17 +242,5 @@ class ComponentTrainer:
             module = self.make_head(split, name, len(group), group)
             identity = self._identity(split, f"h{g}", name, group, source.copies, train, self.config.head_distill)
             key = component_key(split, f"h{g}", name)
-            record = train_component(
-                module,
-                key,
-                train,
-                calib,
-                self.out,
-                self.train_config,
-                identity,
-                self.device,
-                self.resume,
-                distill=distill,
-            )
-            trained[name] = (module, record)
+            trained[name] = (module, self.train_part(module, key, train, calib, identity, distill))
         return trained
