@@ -20,8 +20,6 @@ from dynacnn.export import export_cpcnn
 from dynacnn.flops import count_call_macs
 from dynacnn.io import read_json, write_json
 from dynacnn.models import build_resnet
-from dynacnn.runs import DataSpec, ModelSpec, save_run
-from dynacnn.train import ImageBatches, TrainConfig, fit
 
 SHAPE = (3, 16, 16)
 MEMBERS = [[0, 3, 5, 6, 7, 8], [1], [2, 4]]
@@ -207,22 +205,6 @@ def test_bad_settings_are_refused_in_one_line(model, backbone):
         assert "\n" not in str(error.value)
 
 
-SYNTHETIC = DataSpec(
-    "synthetic",
-    None,
-    0.25,
-    0,
-    {
-        "num_classes": 6,
-        "num_groups": 3,
-        "image_size": 12,
-        "channels": 1,
-        "samples_per_class": 24,
-        "test_samples_per_class": 8,
-    },
-)
-
-
 def _cli(args: list[str], capsys) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as exit_info:
         main(args)
@@ -231,22 +213,8 @@ def _cli(args: list[str], capsys) -> tuple[int, str, str]:
     return exit_info.value.code or 0, captured.out, captured.err
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A tiny ResNet-18 trained for one epoch on synthetic data, saved as a `dynacnn train` run."""
-    run_dir = tmp_path_factory.mktemp("base")
-    data = SYNTHETIC.load()
-    spec = ModelSpec("resnet18", 0.125, "small", 6, 1)
-    torch.manual_seed(0)
-    model = spec.build()
-    config = TrainConfig(epochs=1, batch_size=32, lr=0.05, schedule="cosine")
-    fit(model, ImageBatches(data.train, data.info, 32, shuffle=True), config, run_dir=run_dir)
-    save_run(run_dir, model, spec, SYNTHETIC)
-    return run_dir, data
-
-
-def test_cli_levels_2_end_to_end(tiny_run, tmp_path, capsys):
-    run_dir, data = tiny_run
+def test_cli_levels_2_end_to_end(base_run, tmp_path, capsys):
+    run_dir, data, _ = base_run
     out = tmp_path / "cpcnn"
     code, _, err = _cli(["cpcnn", "--run", str(run_dir), "--levels", "3", "--out", str(out)], capsys)
     assert code == 2 and err.count("\n") == 1 and "levels 3" in err and not out.exists()

@@ -18,44 +18,11 @@ from dynacnn.data import normalize
 from dynacnn.errors import CheckpointError, ConfigError
 from dynacnn.io import read_json, write_json
 from dynacnn.report.cpcnn_report import report_markdown
-from dynacnn.runs import DataSpec, ModelSpec, save_run
-from dynacnn.train import ImageBatches, TrainConfig, fit
+from dynacnn.runs import ModelSpec, save_run
 
-DATA = DataSpec(
-    "synthetic",
-    None,
-    0.25,
-    0,
-    {
-        "num_classes": 6,
-        "num_groups": 3,
-        "image_size": 12,
-        "channels": 1,
-        "samples_per_class": 24,
-        "test_samples_per_class": 8,
-    },
-)
 MEMBERS = [[0, 2, 4], [1, 3], [5]]
 QUICK = CPCNNConfig(quick=True, max_drop=5.0)
 SETTINGS_EXTRA = ("train_epochs", "head_tolerance_points", "clustifier_tolerance_points", "timing")
-
-
-@pytest.fixture(scope="module")
-def base_run(tmp_path_factory):
-    """A tiny ResNet-18 trained for one epoch on synthetic data, saved as a `dynacnn train` run."""
-    run_dir = tmp_path_factory.mktemp("base")
-    data = DATA.load()
-    spec = ModelSpec("resnet18", 0.125, "small", 6, 1)
-    torch.manual_seed(0)
-    model = spec.build()
-    fit(
-        model,
-        ImageBatches(data.train, data.info, 32, shuffle=True),
-        TrainConfig(epochs=1, batch_size=32, lr=0.05, schedule="cosine"),
-        run_dir=run_dir,
-    )
-    save_run(run_dir, model, spec, DATA)
-    return run_dir, data, model
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +117,7 @@ def test_resume_reuses_finished_components(base_run, converted):
     assert again["configs"] == result["configs"]
 
 
-def test_bad_input_is_refused_before_any_work(base_run, tmp_path):
+def test_bad_input_is_refused_before_any_work(base_run, synthetic_spec, tmp_path):
     run_dir, data, model = base_run
     with pytest.raises(ConfigError, match="tau"):
         run_cpcnn(run_dir, tmp_path, CPCNNConfig(tau=1.5))
@@ -165,7 +132,7 @@ def test_bad_input_is_refused_before_any_work(base_run, tmp_path):
     with pytest.raises(ConfigError, match="classes"):
         convert(wrong.build(), data, tmp_path)
     (tmp_path / "wrong").mkdir()
-    save_run(tmp_path / "wrong", wrong.build(), wrong, DATA)
+    save_run(tmp_path / "wrong", wrong.build(), wrong, synthetic_spec)
     with pytest.raises(ConfigError, match="classes"):
         run_cpcnn(tmp_path / "wrong", tmp_path / "out")
     write_json(tmp_path / "clusters.json", {"hyper_classes": [{"classes": group} for group in MEMBERS]})
