@@ -53,3 +53,12 @@ def test_targets_whose_contenders_were_not_timed_are_left_out_and_rendered(tmp_p
     bench = {"rows": [], "targets": checked}
     write_bench(tmp_path, bench)
     assert (tmp_path / "bench.md").read_text().endswith(text)
+
+
+def test_other_runtimes_are_checked_by_their_own_suffix():
+    ov_rows = rows({"base": 4.0, "cpcnn": 1.0, "mscnn": 3.0, "mscnn-full": 9.0}, "-ov")
+    checked = speed_targets(rows({"base": 8.0, "cpcnn": 8.0}) + ov_rows, [("OpenVINO", "-ov")])
+    assert {c["runtime"] for c in checked} == {"OpenVINO"} and len(checked) == len(TARGETS)
+    got = {(c["model"], c["reference"], c["batch_size"], c["measure"]): c["measured"] for c in checked}
+    assert got["cpcnn", "base", 32, "speed-up"] == pytest.approx(4.0)
+    assert got["mscnn", "mscnn-full", 256, "speed-up"] == pytest.approx(3.0)

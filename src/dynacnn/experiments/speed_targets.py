@@ -24,11 +24,14 @@ TARGETS = (
 )
 
 
-def speed_targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per runtime and target whose two contenders were timed: measured median, target, met."""
+def speed_targets(
+    rows: Sequence[dict[str, Any]], runtimes: Sequence[tuple[str, str]] = RUNTIMES
+) -> list[dict[str, Any]]:
+    """One entry per runtime (name, contender-name suffix) and target whose two contenders were timed: measured
+    median, target, met."""
     by_key = {(row["model"], row["batch_size"]): row for row in rows}
     checked = []
-    for runtime, suffix in RUNTIMES:
+    for runtime, suffix in runtimes:
         for model, reference, batch, what, target in TARGETS:
             pair = by_key.get((model + suffix, batch)), by_key.get((reference + suffix, batch))
             if None in pair:
