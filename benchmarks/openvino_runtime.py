@@ -81,15 +81,15 @@ def median_ms(call: Callable[[], Any], runs: int) -> float:
 def cpcnn_parts(ort_model: CPCNNRuntime, ov_model: CPCNNRuntime, images: np.ndarray, runs: int) -> list[list[str]]:
     """Each CP-CNN part alone on the whole batch (S on the images, M and the heads on S's output), both runtimes."""
     features = ort_model.shared(images)
-    rows = []
-    for name in ["shared", "clustifier"] + [f"head {g}" for g in range(len(ort_model.heads))]:
-        parts = []
-        for model in (ort_model, ov_model):
-            part = model.heads[int(name[5:])] if name.startswith("head") else getattr(model, name)
-            data = images if name == "shared" else features
-            parts.append(median_ms(lambda part=part, data=data: part(data), runs))
-        rows.append([name, f"{parts[0]:.2f}", f"{parts[1]:.2f}"])
-    return rows
+
+    def parts(model: CPCNNRuntime) -> list[tuple[str, Any, np.ndarray]]:
+        heads = [(f"head {g}", head, features) for g, head in enumerate(model.heads) if head is not None]
+        return [("shared", model.shared, images), ("clustifier", model.clustifier, features), *heads]
+
+    return [
+        [name] + [f"{median_ms(lambda part=part, data=data: part(data), runs):.2f}" for part in (ort_part, ov_part)]
+        for (name, ort_part, data), (_, ov_part, _) in zip(parts(ort_model), parts(ov_model))
+    ]
 
 
 def main() -> None:
