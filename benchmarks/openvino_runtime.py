@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,42 +27,33 @@ import torch
 from dynacnn.experiments.speed_targets import RUNTIMES, speed_targets
 from dynacnn.export import export_directory, runtime_contender
 from dynacnn.export.contenders import DEMO_MODELS, exported_macs
+from dynacnn.export.quantize import runtime_graphs
 from dynacnn.report.render import table, targets_table, timing_table
 from dynacnn.runs import load_run
-from dynacnn.runtime import CPCNNRuntime, MSCNNRuntime, PlainRuntime, Runtime, load
-from dynacnn.runtime.graphs import Graph
+from dynacnn.runtime import CPCNNRuntime, Runtime, load
 from dynacnn.timing import measure
 
 ONNX_RUNTIME, OPENVINO = RUNTIMES[1], ("OpenVINO", "-ov")
 
 
-class OpenVINOGraph:
-    """One part compiled by OpenVINO, called like `dynacnn.runtime.graphs.Graph` (arrays in its `inputs` order)."""
+class OpenVINOSession:
+    """One part compiled by OpenVINO, standing in for its ONNX Runtime session (`run(outputs, feed)`)."""
 
-    def __init__(self, graph: Graph, core: ov.Core, threads: int) -> None:
+    def __init__(self, path: Path, core: ov.Core, threads: int) -> None:
         config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-        self.request = core.compile_model(str(graph.path), "CPU", config).create_infer_request()
+        compiled = core.compile_model(str(path), "CPU", config)
+        self.inputs = [port.get_any_name() for port in compiled.inputs]
+        self.request = compiled.create_infer_request()
 
-    def __call__(self, *arrays: np.ndarray) -> np.ndarray:
-        self.request.infer(list(arrays), share_inputs=True)
-        return self.request.get_output_tensor(0).data.copy()
+    def run(self, outputs: list[str], feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        self.request.infer([feed[name] for name in self.inputs], share_inputs=True)
+        return [self.request.get_output_tensor(0).data.copy()]
 
 
 def on_openvino(runtime: Runtime, core: ov.Core, threads: int) -> Runtime:
-    """`runtime` with each of its ONNX Runtime parts replaced by the part compiled by OpenVINO (in place)."""
-
-    def compiled(graph: Any) -> Any:
-        return None if graph is None else OpenVINOGraph(graph, core, threads)
-
-    if isinstance(runtime, PlainRuntime):
-        runtime.model = compiled(runtime.model)
-    elif isinstance(runtime, CPCNNRuntime):
-        runtime.shared, runtime.clustifier = compiled(runtime.shared), compiled(runtime.clustifier)
-        runtime.heads = [compiled(head) for head in runtime.heads]
-    elif isinstance(runtime, MSCNNRuntime):
-        runtime.dwt = compiled(runtime.dwt)
-        for stage in runtime.stages:
-            stage.graphs = {name: compiled(graph) for name, graph in stage.graphs.items()}
+    """`runtime` with each part's ONNX Runtime session replaced by the part compiled by OpenVINO (in place)."""
+    for graph in runtime_graphs(runtime):
+        graph.session = OpenVINOSession(graph.path, core, threads)
     return runtime
 
 
@@ -104,15 +95,18 @@ def main() -> None:
     splits = load_run(args.demo_dir / "base").data_spec.load()
     root, core = args.demo_dir / "export", ov.Core()
     contenders, runtimes, references = [], {}, {}
+    macs = {}
+    for name, kind, source in DEMO_MODELS:
+        policy = "full" if name == "mscnn-full" else "chosen"
+        spec = export_directory(root / name, **{kind: args.demo_dir / source}, mscnn_policy=policy)
+        macs[name] = exported_macs(args.demo_dir, name, spec)
     for _, suffix in (ONNX_RUNTIME, OPENVINO):
-        for name, kind, source in DEMO_MODELS:
-            policy = "full" if name == "mscnn-full" else "chosen"
-            spec = export_directory(root / name, **{kind: args.demo_dir / source}, mscnn_policy=policy)
+        for name in macs:
             runtime = load(root / name, threads=threads)
             if suffix == OPENVINO[1]:
                 runtime = on_openvino(runtime, core, threads)
             runtimes[name + suffix], references[name + suffix] = runtime, "base" + suffix
-            contenders.append(runtime_contender(name + suffix, runtime, exported_macs(args.demo_dir, name, spec)))
+            contenders.append(runtime_contender(name + suffix, runtime, macs[name]))
     images = runtimes["base" + ONNX_RUNTIME[1]].normalize(splits.test.read_images(0, args.images).numpy())
     first = images[:1000]
     agreement = {

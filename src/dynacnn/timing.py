@@ -81,9 +81,9 @@ def measure(
             bar.update()
         for contender in contenders:
             base = by_name[reference_of[contender.name]]
-            ratios = chunk_ratios(times[base.name], times[contender.name])
-            mac_speedup = base.macs_per_image / contender.macs_per_image if contender.macs_per_image else float("inf")
-            wall_median = statistics.median(ratios)
+            ratio = speedup_summary(
+                times[base.name], base.macs_per_image, times[contender.name], contender.macs_per_image
+            )
             rows.append(
                 {
                     "model": contender.name,
@@ -92,11 +92,11 @@ def measure(
                     "images": len(subset),
                     "images_per_s": len(subset) / statistics.median(sum(pass_) for pass_ in times[contender.name]),
                     "macs_per_image": contender.macs_per_image,
-                    "mac_speedup": mac_speedup,
-                    "wall_speedup_min": min(ratios),
-                    "wall_speedup_median": wall_median,
-                    "paired_timings": len(ratios),
-                    "routing_efficiency": wall_median / mac_speedup,
+                    "mac_speedup": ratio["mac_speedup"],
+                    "wall_speedup_min": ratio["min"],
+                    "wall_speedup_median": ratio["median"],
+                    "paired_timings": ratio["pairs"],
+                    "routing_efficiency": ratio["routing_efficiency"],
                     "chunk_seconds": times[contender.name],
                 }
             )
@@ -109,12 +109,30 @@ def chunk_ratios(reference: Sequence[Sequence[float]], contender: Sequence[Seque
     return [b / c for ref_pass, pass_ in zip(reference, contender) for b, c in zip(ref_pass, pass_)]
 
 
+def speedup_summary(
+    reference_seconds: Sequence[Sequence[float]],
+    reference_macs: float,
+    seconds: Sequence[Sequence[float]],
+    macs: float,
+) -> dict[str, float]:
+    """Median and min per-chunk speed-up over the reference, the number of pairs, the MAC speed-up and the routing
+    efficiency (wall median / MAC speed-up)."""
+    ratios = chunk_ratios(reference_seconds, seconds)
+    mac = reference_macs / macs if macs else float("inf")
+    median = statistics.median(ratios)
+    return {
+        "median": median,
+        "min": min(ratios),
+        "pairs": len(ratios),
+        "mac_speedup": mac,
+        "routing_efficiency": median / mac,
+    }
+
+
 def paired_speedup(row: Mapping[str, Any], reference: Mapping[str, Any]) -> dict[str, float]:
-    """Median and min per-chunk speed-up of timing row `row` over `reference` (two rows of one `measure` call, same
-    batch size), with the MAC speed-up and the routing efficiency (wall median / MAC speed-up)."""
+    """`speedup_summary` of timing row `row` over `reference` (two rows of one `measure` call, same batch size)."""
     if row["batch_size"] != reference["batch_size"]:
         raise ValueError(f"rows of batch sizes {row['batch_size']} and {reference['batch_size']} are not paired")
-    ratios = chunk_ratios(reference["chunk_seconds"], row["chunk_seconds"])
-    mac = reference["macs_per_image"] / row["macs_per_image"] if row["macs_per_image"] else float("inf")
-    median = statistics.median(ratios)
-    return {"median": median, "min": min(ratios), "mac_speedup": mac, "routing_efficiency": median / mac}
+    return speedup_summary(
+        reference["chunk_seconds"], reference["macs_per_image"], row["chunk_seconds"], row["macs_per_image"]
+    )
