@@ -1,6 +1,6 @@
 """The package's layers import only downward, model code touches no files or clocks, no imports hide in functions.
 
-Layers (docs/architecture.md): errors -> io, data, models, flops -> train, runs, timing -> cpcnn, mscnn (method
+Layers (docs/architecture.md): errors -> io, data, models, flops -> train, runs, timing, distill -> cpcnn, mscnn (method
 code) -> pipelines -> experiments -> cli; report/ only renders (it may import errors, io, flops and itself).
 """
 
@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dynacnn"
 LAYERS = [
     ("dynacnn", "dynacnn.errors"),
     ("dynacnn.io", "dynacnn.data", "dynacnn.models", "dynacnn.flops", "dynacnn.distributed", "dynacnn.runtime"),
-    ("dynacnn.train", "dynacnn.runs", "dynacnn.timing", "dynacnn.report"),
+    ("dynacnn.train", "dynacnn.runs", "dynacnn.timing", "dynacnn.distill", "dynacnn.report"),
     ("dynacnn.cpcnn", "dynacnn.mscnn"),
     (
         "dynacnn.cpcnn.pipeline",

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from dynacnn.data import normalize
-from dynacnn.errors import CheckpointError
+from dynacnn.distill import DEFAULT_DISTILL, load_teacher, with_teacher
+from dynacnn.errors import CheckpointError, ConfigError
 from dynacnn.flops import count_macs
 from dynacnn.io import ensure_dir, write_json
 from dynacnn.models.fold import fold_batchnorm
@@ -27,13 +28,19 @@ def train_backbone(
     *,
     device: str = "auto",
     resume: bool = False,
+    teacher: str | Path | None = None,
+    distill: float = DEFAULT_DISTILL,
 ) -> dict[str, Any]:
-    """Train `model_spec` on `data_spec` into `out_dir` (resumable); return the run's summary.
+    """Train `model_spec` on `data_spec` into `out_dir` (resumable); return the run's summary. With `teacher` (a
+    `dynacnn train` run on the same data and split) the loss mixes in its softened logits with weight `distill`.
 
-    Everything is validated (options, device, data) before the output directory is created.
+    Everything is validated (options, device, data, teacher) before the output directory is created.
     """
     config.validate()
     dev = resolve_device(device)
+    teacher_model, digest = load_teacher(teacher, asdict(data_spec))
+    if teacher_model is not None and not 0 < distill < 1:
+        raise ConfigError(f"--distill {distill!r} must be in (0, 1): the teacher's share of the loss")
     splits = data_spec.load()
     model_spec = replace(model_spec, num_classes=splits.info.num_classes, in_channels=splits.info.input_shape[0])
     torch.manual_seed(config.seed)
@@ -44,8 +51,18 @@ def train_backbone(
     train_data = ImageBatches(splits.train, splits.info, config.batch_size, shuffle=True, augment=config.augment)
     calib_data = ImageBatches(splits.calib, splits.info, 512)
     identity = {"model": asdict(model_spec), "data": asdict(data_spec)}
+    distilled = {} if teacher_model is None else {"teacher_sha256": digest, "distill": distill}
+    trained, scoring = with_teacher(model, teacher_model, distill)
     result = fit(
-        model, train_data, config, calib_data=calib_data, run_dir=out, resume=resume, device=dev, identity=identity
+        trained,
+        train_data,
+        config,
+        calib_data=calib_data,
+        run_dir=out,
+        resume=resume,
+        device=dev,
+        identity={**identity, **distilled},
+        **scoring,
     )
     cost = count_macs(model.to("cpu"), torch.zeros(1, *splits.info.input_shape))
     summary = {
@@ -56,6 +73,8 @@ def train_backbone(
         "class_names": list(splits.info.class_names),
         "train_config": config.to_dict(),
     }
+    if teacher is not None:
+        summary.update(teacher=str(teacher), **distilled)
     save_run(out, model, model_spec, data_spec, summary)
     return summary
 

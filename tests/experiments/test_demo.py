@@ -1,3 +1,4 @@
+import hashlib
 import json
 import re
 import shutil
@@ -35,16 +36,35 @@ def test_quick_demo_report_validates_against_the_schema(demo_dir):
     assert {(t["runtime"], t["model"]) for t in report["speed_targets"]} == {
         (runtime, model) for runtime in ("PyTorch", "ONNX Runtime") for model in ("cpcnn", "mscnn")
     }
-    static = [report["base"], report["baselines"]["compute_matched"]]
-    for method, compared in report["baselines"]["per_method"]["methods"].items():
-        chosen = report[method]["chosen"]
-        assert compared["static"]["macs_per_image"] == pytest.approx(chosen["macs_per_image"])
-        assert compared["gap_points"] == pytest.approx(100 * (chosen["top1"] - compared["static"]["top1"]))
-        low, high = sorted(p["top1"] for p in static)
-        if compared["static"]["kind"] == "interpolated":  # between the two static networks' accuracies
-            assert low <= compared["static"]["top1"] <= high
-    assert set(report["baselines"]["per_method"]["methods"]) == {"cpcnn", "mscnn"}
+    baselines = report["baselines"]
+    for key, matched in (("per_method", "compute_matched_distilled"), ("per_method_plain", "compute_matched")):
+        static = [report["base"], baselines[matched]]
+        for method, compared in baselines[key]["methods"].items():
+            chosen = report[method]["chosen"]
+            assert compared["static"]["macs_per_image"] == pytest.approx(chosen["macs_per_image"])
+            assert compared["gap_points"] == pytest.approx(100 * (chosen["top1"] - compared["static"]["top1"]))
+            low, high = sorted(p["top1"] for p in static)
+            if compared["static"]["kind"] == "interpolated":  # between the two static networks' accuracies
+                assert low <= compared["static"]["top1"] <= high
+        assert set(baselines[key]["methods"]) == {"cpcnn", "mscnn"}
     assert report["base"]["top5"] >= report["base"]["top1"]
+
+
+def test_the_mscnn_and_one_static_network_learn_from_the_base(demo_dir):
+    base = str(demo_dir / "base")
+    distilled = json.loads((demo_dir / "matched-distilled" / "run.json").read_text())
+    plain = json.loads((demo_dir / "matched" / "run.json").read_text())
+    assert (distilled["teacher"], distilled["model"]) == (base, plain["model"]) and "teacher" not in plain
+    assert (
+        distilled["teacher_sha256"]
+        == hashlib.sha256((demo_dir / "base" / "model.safetensors").read_bytes()).hexdigest()
+    )
+    assert (demo_dir / "matched-distilled" / "model.safetensors").read_bytes() != (
+        demo_dir / "matched" / "model.safetensors"
+    ).read_bytes()
+    training = json.loads((demo_dir / "mscnn" / "mscnn.json").read_text())["training"]
+    assert (training["teacher_sha256"], training["distill"]) == (distilled["teacher_sha256"], 0.5)
+    assert "teacher" not in training  # no paths in mscnn.json: a moved demo reports the same
 
 
 def test_schema_rejects_a_report_missing_its_parts(demo_dir):
@@ -115,7 +135,7 @@ def test_a_rerun_reuses_every_finished_step(demo_dir):
     before = {p.name: p.stat().st_mtime for p in (demo_dir / "base").iterdir()}
     run_demo(demo_dir, QUICK, device="cpu", console=Console(file=open(demo_dir / "console2.txt", "w"), width=120))
     assert {p.name: p.stat().st_mtime for p in (demo_dir / "base").iterdir()} == before
-    assert (demo_dir / "console2.txt").read_text().count("found, reusing") == 5  # every step but the report
+    assert (demo_dir / "console2.txt").read_text().count("found, reusing") == 6  # every step but the report
 
 
 def test_a_rerun_with_another_max_drop_redoes_the_choices_not_the_training(demo_dir, tmp_path):
@@ -125,6 +145,7 @@ def test_a_rerun_with_another_max_drop_redoes_the_choices_not_the_training(demo_
         out / "base" / "model.safetensors",
         out / "matched" / "model.safetensors",
         out / "mscnn" / "model.safetensors",
+        out / "matched-distilled" / "model.safetensors",
     ]
     trained = {path: path.read_bytes() for path in weights}
     run_demo(
@@ -148,7 +169,8 @@ def test_a_rerun_with_another_max_drop_redoes_the_choices_not_the_training(demo_
         assert {path: path.read_bytes() for path in weights} == trained
     else:
         assert "was trained for another width" in console and (out / "matched-previous-1" / "run.json").exists()
-        assert {path: path.read_bytes() for path in weights[::2]} == {path: trained[path] for path in weights[::2]}
+        assert (out / "matched-distilled-previous-1" / "run.json").exists()
+        assert {path: path.read_bytes() for path in weights[:3:2]} == {path: trained[path] for path in weights[:3:2]}
     assert json.loads((out / "matched" / "run.json").read_text())["model"]["width"] == width
 
 

@@ -55,7 +55,7 @@ def test_defaults_follow_the_documented_recipe():
         "test_limit": 10,
     }
     assert quick.recipe.epochs == quick.mscnn.epochs == QUICK_EPOCHS and not quick.recipe.augment
-    assert (quick.mscnn.max_drop, quick.mscnn.quick, quick.mscnn.seed) == (0.5, True, 0)
+    assert (quick.mscnn.max_drop, quick.mscnn.quick, quick.mscnn.seed, quick.mscnn.distill) == (0.5, True, 0, 0.5)
     with pytest.raises(FrozenInstanceError):
         full.quick = True  # type: ignore[misc]
 

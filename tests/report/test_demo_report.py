@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dynacnn.experiments.baselines import compare_with_static
-from dynacnn.report.demo_report import _row, _static_rows, verdict
+from dynacnn.report.demo_report import LABELS, _row, _static_rows, verdict
 
 BASE = {"top1": 0.92, "top5": 0.998, "macs_per_image": 8e6, "width": 0.25, "images_per_s": 1000.0}
 MATCHED = {"top1": 0.90, "top5": 0.997, "macs_per_image": 3e6, "width": 0.15625, "images_per_s": 2000.0}
@@ -55,3 +55,22 @@ def test_rows_show_top5_only_where_known_and_mark_interpolated_speed():
     assert "99.00%" in _row("c", report["cpcnn"]["chosen"], BASE, 1500.0, 1.4)
     rows = _static_rows(report)
     assert len(rows) == 2 and all("~" in row and row.endswith("| - |") for row in rows)
+
+
+def test_with_a_distilled_static_network_the_verdict_says_so_and_gives_the_plain_gaps():
+    report = _report(cp_top1=0.915, ms_top1=0.895)
+    distilled = {**MATCHED, "top1": 0.91, "teacher": "base"}
+    chosen = {m: report[m]["chosen"] for m in ("cpcnn", "mscnn")}
+    plain = report["baselines"]["per_method"]
+    report["baselines"].update(
+        compute_matched_distilled=distilled,
+        per_method=compare_with_static(chosen, [BASE, distilled]),
+        per_method_plain=plain,
+    )
+    words = verdict(report)
+    assert words.count("a static ResNet trained the same way (distilled from the base)") == 2
+    gaps = ", ".join(f"{name} {plain['methods'][m]['gap_points']:+.2f}" for m, name in LABELS.items())
+    assert f"trained on labels alone (the base's recipe) the gaps are {gaps} points" in words
+    rows = _static_rows(report)
+    assert len(rows) == 4 and sum("(distilled from the base)" in row for row in rows) == 2
+    assert sum("(labels only)" in row for row in rows) == 2

@@ -312,6 +312,12 @@ def mscnn(
     rank_images: Optional[int] = typer.Option(
         None, help="training images CAP_CONV's filter ranking is fitted on (10000)"
     ),
+    teacher: Optional[Path] = typer.Option(
+        None, help="a `dynacnn train` run on the same data and split whose model every stage learns from"
+    ),
+    distill: Optional[float] = typer.Option(
+        None, help="the teacher's share of every stage's loss (0.5 with --teacher)"
+    ),
     quick: bool = typer.Option(False, help="sweep and time less (a smoke run)"),
     seed: int = typer.Option(0),
     device: Device = "auto",
@@ -320,14 +326,24 @@ def mscnn(
     """Train an MS-CNN with early exits and choose its policy
 
     Multi-stage network on DWT sub-bands; TP / CAP_FC / CAP_CONV / PTHP sweeps; bit-lengths."""
+    from dynacnn.distill import DEFAULT_DISTILL
     from dynacnn.mscnn.config import MSCNNRunConfig
     from dynacnn.mscnn.pipeline import run_mscnn
 
+    if teacher is not None and distill is None:
+        distill = DEFAULT_DISTILL
     config = config_from(MSCNNRunConfig, locals())
     options = data_options_of(image_size, mean, std, stream)
     with progress_to_stderr(json_out):
         result = run_mscnn(
-            out, config, data=data, data_dir=data_dir, data_options=options, device=device, resume=resume
+            out,
+            config,
+            data=data,
+            data_dir=data_dir,
+            data_options=options,
+            device=device,
+            resume=resume,
+            teacher=teacher,
         )
     chosen, full = result["chosen"], result["full"]
     if json_out:

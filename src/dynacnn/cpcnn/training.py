@@ -24,12 +24,12 @@ from torch import nn
 from dynacnn.cpcnn.cache import CachedSplit, RecomputedSplit
 from dynacnn.cpcnn.compress import build_head
 from dynacnn.cpcnn.config import CPCNNConfig
+from dynacnn.distill import distillation_loss
 from dynacnn.io import ensure_dir, read_json, write_json
 from dynacnn.models.layout import memory_format_of
 from dynacnn.runs import load_weights, save_weights
 from dynacnn.train import Batches, TrainConfig, fit, topk_accuracy
 
-KD_TEMPERATURE = 2.0
 MIN_ONECYCLE_STEPS = 16
 """Fewer optimiser steps than this train with the cosine schedule: OneCycleLR divides by zero on a handful."""
 
@@ -44,25 +44,6 @@ class Distilled(nn.Module):
     def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         features, teacher = inputs
         return self.student(features), teacher
-
-
-def distillation_loss(
-    weight: float, temperature: float = KD_TEMPERATURE
-) -> Callable[[Any, torch.Tensor], torch.Tensor]:
-    """(1 - weight) * cross-entropy + weight * T^2 * KL(teacher || student) at temperature T (Hinton et al. 2015)."""
-
-    def loss(outputs: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        logits, teacher = outputs
-        hard = nn.functional.cross_entropy(logits, labels)
-        soft = nn.functional.kl_div(
-            nn.functional.log_softmax(logits / temperature, dim=1),
-            nn.functional.log_softmax(teacher / temperature, dim=1),
-            log_target=True,
-            reduction="batchmean",
-        )
-        return (1 - weight) * hard + weight * temperature**2 * soft
-
-    return loss
 
 
 def component_key(split: str, role: str, config: str) -> str:

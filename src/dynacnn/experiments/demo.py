@@ -1,7 +1,7 @@
 """`dynacnn demo`: base model, CP-CNN, MS-CNN, honest baselines, side-by-side benchmark, one report.
 
 Every step writes its own artifact (base/run.json, cpcnn/cpcnn.json, mscnn/mscnn.json,
-matched/run.json, bench.json); a re-run after an interruption skips finished steps and resumes the
+matched/run.json, matched-distilled/run.json, bench.json); a re-run after an interruption skips finished steps and resumes the
 unfinished one from its last checkpoint. Policies are chosen on the calibration split; the test split
 is used once per model, for the report.
 """
@@ -24,6 +24,7 @@ from dynacnn import distributed
 from dynacnn.baseline import train_backbone
 from dynacnn.cpcnn import run_cpcnn
 from dynacnn.cpcnn.config import CPCNNConfig
+from dynacnn.distill import DEFAULT_DISTILL, teacher_digest
 from dynacnn.errors import ConfigError
 from dynacnn.experiments.baselines import compare_with_static, matched_width, uniform_threshold_exit
 from dynacnn.experiments.bench import benchmark, contender_identity
@@ -128,9 +129,15 @@ class DemoConfig:
 
     @property
     def mscnn(self) -> MSCNNRunConfig:
-        """The MS-CNN's settings: the base recipe's epochs, the demo's max_drop, quick and seed."""
+        """The MS-CNN's settings: the base recipe's epochs, the demo's max_drop, quick and seed; every stage learns
+        from the base (`DEFAULT_DISTILL`), as the CP-CNN's heads do."""
         return MSCNNRunConfig(
-            epochs=self.train_epochs, max_drop=self.max_drop, quick=self.quick, seed=self.seed, precision=self.precision
+            epochs=self.train_epochs,
+            max_drop=self.max_drop,
+            quick=self.quick,
+            seed=self.seed,
+            precision=self.precision,
+            distill=DEFAULT_DISTILL,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -244,13 +251,13 @@ def run_demo(
     splits = data_spec.load()
     info = splits.info
     spec = base_model_spec(info.input_shape, info.num_classes)
-    steps = Steps(console, 6)
+    steps = Steps(console, 7)
     console.print(
         f"dataset {data}: {len(splits.train)} train / {len(splits.calib)} calibration / {len(splits.test)} test images, "
         f"{info.num_classes} classes, input {info.input_shape}; device {dev}"
     )
 
-    base_dir, matched_dir = out / "base", out / "matched"
+    base_dir, matched_dir, distilled_dir = out / "base", out / "matched", out / "matched-distilled"
     differences = base_differences(
         base_dir / "run.json", {"model": asdict(spec), "data": asdict(data_spec), "train_config": recipe.to_dict()}
     )
@@ -290,6 +297,7 @@ def run_demo(
                 data_options=data_spec.options,
                 device=device,
                 resume=True,
+                teacher=base_dir,
             )
         ),
         redo=mscnn_json.exists(),
@@ -297,16 +305,25 @@ def run_demo(
     targets = [cpcnn["chosen"]["macs_per_image"], mscnn["chosen"]["macs_per_image"]]
     width, _ = matched_width(spec, info.input_shape, targets)
     matched_spec = replace(spec, width=width)
-    matched_done = reusable(matched_dir / "run.json", lambda r: r["model"]["width"] == width) is not None
-    if not matched_done and (matched_dir / "run.json").exists():
-        console.print(f"{matched_dir} was trained for another width; moved to {set_aside(matched_dir)}")
-    steps.run(
-        f"Compute-matched ResNet (width {width:g}): train with the same recipe",
-        matched_done,
-        lambda: (
-            matched_done or train_backbone(matched_dir, matched_spec, data_spec, recipe, device=device, resume=True)
-        ),
-    )
+    for run_dir, teacher, how in (
+        (matched_dir, None, "train on labels"),
+        (distilled_dir, base_dir, "train distilled from the base"),
+    ):
+        wanted = (width, None if teacher is None else teacher_digest(teacher))
+        found = reusable(
+            run_dir / "run.json", lambda r, wanted=wanted: (r["model"]["width"], r.get("teacher_sha256")) == wanted
+        )
+        done = found is not None
+        if not done and (run_dir / "run.json").exists():
+            console.print(f"{run_dir} was trained for another width or teacher; moved to {set_aside(run_dir)}")
+        steps.run(
+            f"Compute-matched ResNet (width {width:g}): {how}",
+            done,
+            lambda run_dir=run_dir, teacher=teacher, done=done: (
+                done
+                or train_backbone(run_dir, matched_spec, data_spec, recipe, device=device, resume=True, teacher=teacher)
+            ),
+        )
     bench = reusable(out / "bench.json", lambda r: r.get("contenders") == contender_identity(out))
     bench = steps.run(
         "Benchmark: images/s side by side",
@@ -318,6 +335,8 @@ def run_demo(
     speed = bench["images_per_s"]
     base = {**_test_point(base_dir, dev), "images_per_s": speed["base"]}
     matched = {**_test_point(matched_dir, dev), "images_per_s": speed["matched"]}
+    # the same network as `matched`, other weights: the same speed
+    distilled = {**_test_point(distilled_dir, dev), "images_per_s": speed["matched"], "teacher": "base"}
     chosen = {"cpcnn": cpcnn["chosen"], "mscnn": mscnn["chosen"]}
     report = steps.run(
         "Report",
@@ -346,7 +365,9 @@ def run_demo(
                 "mscnn": mscnn,
                 "baselines": {
                     "compute_matched": matched,
-                    "per_method": compare_with_static(chosen, [base, matched]),
+                    "compute_matched_distilled": distilled,
+                    "per_method": compare_with_static(chosen, [base, distilled]),
+                    "per_method_plain": compare_with_static(chosen, [base, matched]),
                     "uniform_threshold_exit": uniform_threshold_exit(mscnn, max_drop),
                 },
                 "bench": bench["rows"],

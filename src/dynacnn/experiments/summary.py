@@ -32,6 +32,9 @@ def summary_table(console: Console, report: dict[str, Any]) -> None:
             "matched",
         ),
     ]
+    if baselines.get("compute_matched_distilled"):
+        distilled = baselines["compute_matched_distilled"]
+        rows.append((f"same, distilled from the base (width {distilled['width']:g})", distilled, "matched"))
     table = Table(
         title="dynacnn demo: test split; images/s measured side by side at batch 256 "
         "(speed-up: median of paired timings, bench.md)"
@@ -60,10 +63,14 @@ def summary_table(console: Console, report: dict[str, Any]) -> None:
         )
     console.print(table)
     margin = (baselines.get("per_method") or {}).get("margin_points")
+    trained = "distilled from the base as it is" if baselines.get("compute_matched_distilled") else "same recipe"
     for method, compared in per_method.items():
+        plain = (baselines.get("per_method_plain") or {}).get("methods", {}).get(method)
         console.print(
-            f"{LABELS.get(method, method)} against a static ResNet at its MACs: {compared['gap_points']:+.2f} points "
-            f"of test top-1 (target: at least +{margin:g}: {'met' if compared['beats'] else 'missed'})"
+            f"{LABELS.get(method, method)} against a static ResNet at its MACs ({trained}): "
+            f"{compared['gap_points']:+.2f} points of test top-1 (target: at least +{margin:g}: "
+            f"{'met' if compared['beats'] else 'missed'})"
+            + ("" if plain is None else f"; against one trained on labels alone: {plain['gap_points']:+.2f}")
         )
     for target in report.get("speed_targets", []):
         console.print(

@@ -34,7 +34,9 @@ class MSCNNRunConfig:
     default: in 8 epochs these small networks underfit Fashion-MNIST and augmentation only slows them down;
     `rank_images`: training images (a stratified subset fixed by `seed`) CAP_CONV's filter ranking is fitted on;
     `precision`: the training loop's (`TrainConfig.precision`); `mode`: "joint" (every stage's loss at once) or "stagewise"; `model` fixes the architecture (default:
-    `default_config(stages)` for the data's channels and classes); `quick` sweeps and times less.
+    `default_config(stages)` for the data's channels and classes); `quick` sweeps and times less; `distill`: the
+    weight of the teacher's logits in every stage's loss (`dynacnn.distill`; `run_mscnn`'s `teacher` names the
+    teacher run, outside the settings as the data directory is: a moved run is the same teacher), None without one.
     """
 
     epochs: int = DEFAULT_EPOCHS
@@ -51,6 +53,7 @@ class MSCNNRunConfig:
     model: MSCNNConfig | None = None
     precision: str = "fp32"
     rank_images: int = DEFAULT_RANK_IMAGES
+    distill: float | None = None
 
     def validate(self) -> MSCNNRunConfig:
         """Every range check, before anything is read or written. Returns self."""
@@ -74,6 +77,8 @@ class MSCNNRunConfig:
             raise ConfigError(f"unknown --precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
         if self.mode not in TRAINING_MODES:
             raise ConfigError(f"mode {self.mode!r} is not a training mode; use one of {', '.join(TRAINING_MODES)}")
+        if self.distill is not None and (not _is_number(self.distill) or not 0 < self.distill < 1):
+            raise ConfigError(f"--distill {self.distill!r} must be a number in (0, 1): the teacher's share of the loss")
         if not _is_number(self.drop_z) or self.drop_z < 0:
             raise ConfigError(f"drop_z {self.drop_z!r} must be a non-negative number of standard errors")
         if self.stages is not None and (not _is_whole(self.stages) or self.stages < 2):
@@ -89,10 +94,13 @@ class MSCNNRunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able settings: what mscnn.json records as "settings" and what the demo's resume compares
-        (fp32 leaves `precision` out, as `TrainConfig.to_dict` does)."""
+        (fp32 leaves `precision` out, as `TrainConfig.to_dict` does, and no `distill` leaves it out: runs made before
+        the option keep their identity)."""
         settings = {**asdict(self), "model": None if self.model is None else self.model.to_dict()}
         if self.precision == "fp32":
             del settings["precision"]
+        if self.distill is None:
+            del settings["distill"]
         return settings
 
     @classmethod

@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from dynacnn.data import load_dataset
+from dynacnn.distill import load_teacher
 from dynacnn.errors import ConfigError
 from dynacnn.flops import MAC_NOTE
 from dynacnn.io import ensure_dir, write_json
@@ -66,10 +68,13 @@ def _load_or_train(
     resume: bool,
     device: torch.device,
     data_spec: dict,
+    teacher: nn.Module | None,
+    distilled: dict,
 ) -> tuple[MSCNN, list[dict]]:
-    """Train (resumable through fit's checkpoint under out/train) and save model.safetensors + model.json."""
+    """Train (resumable through fit's checkpoint under out/train; `distilled`: the teacher's digest and weight) and
+    save model.safetensors + model.json."""
     model = device_layout(MSCNN(config), device)
-    identity = {"model": config.to_dict(), "data": data_spec, "mode": mode}
+    identity = {"model": config.to_dict(), "data": data_spec, "mode": mode, **distilled}
     train = ImageBatches(splits.train, splits.info, train_config.batch_size, shuffle=True, augment=train_config.augment)
     calib = ImageBatches(splits.calib, splits.info, 512)
     history = train_mscnn(
@@ -82,6 +87,8 @@ def _load_or_train(
         resume=resume,
         device=device,
         identity=identity,
+        teacher=teacher,
+        distill=distilled.get("distill", 0.0),
     )
     save_weights(out / "model.safetensors", model)
     write_json(
@@ -94,6 +101,7 @@ def _load_or_train(
             "train": train_config.to_dict(),
             "mode": mode,
             "loss_weights": list(equal_weights(model.num_stages)),
+            **distilled,
             "history": history,
         },
     )
@@ -305,17 +313,18 @@ def run_mscnn(
     data_options: dict | None = None,
     device: str = "auto",
     resume: bool = False,
+    teacher: str | Path | None = None,
 ) -> dict:
     """Train an MS-CNN, analyse it (Eq. 1-3, Alg. 1-4, §IV-C), sweep policies, choose one and measure it; returns mscnn.json.
 
     `config` (default `MSCNNRunConfig()`) holds every setting of the run; it is validated before anything is
     written and recorded in mscnn.json as "settings". `data`, `data_dir`, `calib_fraction` and `data_options`
     (extra `load_dataset` options) name the dataset, split with `config.seed`. `resume` continues the training
-    from its last finished epoch.
+    from its last finished epoch. `teacher`: a `dynacnn train` run on the same data and split whose model every
+    stage learns from (with weight `config.distill`).
     """
     config = (config or MSCNNRunConfig()).validate()
     torch.manual_seed(config.seed)
-    out = ensure_dir(out_dir)
     dev = resolve_device(device)
     splits = load_dataset(data, data_dir, calib_fraction=calib_fraction, seed=config.seed, **(data_options or {}))
     info = splits.info
@@ -334,6 +343,10 @@ def run_mscnn(
         "seed": config.seed,
         "options": data_options or {},
     }
+    if (teacher is None) != (config.distill is None):
+        raise ConfigError("--teacher and --distill go together: give the teacher run and its weight, or neither")
+    teacher_model, digest = load_teacher(teacher, data_spec)
+    out = ensure_dir(out_dir)
     train_config = TrainConfig(
         epochs=config.epochs,
         batch_size=config.batch_size,
@@ -342,7 +355,10 @@ def run_mscnn(
         augment=config.augment,
         precision=config.precision,
     )
-    model, history = _load_or_train(out, splits, model_config, train_config, config.mode, resume, dev, data_spec)
+    distilled = {} if teacher is None else {"teacher_sha256": digest, "distill": config.distill}
+    model, history = _load_or_train(
+        out, splits, model_config, train_config, config.mode, resume, dev, data_spec, teacher_model, distilled
+    )
 
     result = analyse_mscnn(
         out,
@@ -362,6 +378,7 @@ def run_mscnn(
         training={
             "mode": config.mode,
             "loss_weights": list(equal_weights(model.num_stages)),
+            **distilled,
             "config": train_config.to_dict(),
             "history": history,
         },

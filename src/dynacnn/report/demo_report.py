@@ -54,12 +54,21 @@ def plot_tradeoff(path: str | os.PathLike, report: dict[str, Any]) -> Path:
         ("MS-CNN full network", ms["full"], "tab:orange", "s"),
         ("MS-CNN chosen (test)", ms["chosen"], "tab:orange", "*"),
         ("MS-CNN oracle exit", ms["oracle"], "tab:orange", "^"),
-        ("static ResNet (same recipe)", report["baselines"]["compute_matched"], "tab:green", "D"),
+        ("static ResNet (labels only)", report["baselines"]["compute_matched"], "tab:green", "D"),
     ]
+    if report["baselines"].get("compute_matched_distilled"):
+        points.append(
+            (
+                "static ResNet (distilled from the base)",
+                report["baselines"]["compute_matched_distilled"],
+                "tab:olive",
+                "D",
+            )
+        )
     per_method = (report["baselines"].get("per_method") or {}).get("methods") or {}
     for method, compared in per_method.items():
         points.append(
-            (f"static ResNet at the {LABELS.get(method, method)}'s MACs", compared["static"], "tab:green", "X")
+            (f"static ResNet at the {LABELS.get(method, method)}'s MACs", compared["static"], "tab:olive", "X")
         )
     uniform = report["baselines"].get("uniform_threshold_exit") or {}
     if "top1" in uniform:
@@ -97,18 +106,22 @@ def _row(
     )
 
 
+def _recipe(report: dict[str, Any]) -> str:
+    """How the static networks `per_method` reads from were trained: as the dynamic models, distilled from the base
+    (reports made before that: the base's own recipe)."""
+    return "distilled from the base" if report["baselines"].get("compute_matched_distilled") else "same recipe"
+
+
 def _static_rows(report: dict[str, Any]) -> list[str]:
-    """The static ResNet at each method's MACs (interpolated in log MACs between static networks of the recipe)."""
-    methods = (report["baselines"].get("per_method") or {}).get("methods") or {}
-    return [
-        _row(
-            f"static ResNet at the {LABELS.get(method, method)}'s MACs ({compared['static']['kind']})",
-            compared["static"],
-            report["base"],
-            compared["static"].get("images_per_s"),
-        )
-        for method, compared in methods.items()
-    ]
+    """The static ResNet at each method's MACs (interpolated in log MACs between static networks of a recipe):
+    trained as the dynamic models (`per_method`), then on labels alone (`per_method_plain`)."""
+    rows = []
+    for key, recipe in (("per_method", _recipe(report)), ("per_method_plain", "labels only")):
+        for method, compared in ((report["baselines"].get(key) or {}).get("methods") or {}).items():
+            static = compared["static"]
+            name = f"static ResNet ({recipe}) at the {LABELS.get(method, method)}'s MACs ({static['kind']})"
+            rows.append(_row(name, static, report["base"], static.get("images_per_s")))
+    return rows
 
 
 def render_markdown(out: Path, report: dict[str, Any]) -> str:
@@ -134,6 +147,12 @@ def render_markdown(out: Path, report: dict[str, Any]) -> str:
         _row(f"CP-CNN, tau = {cp['chosen']['tau']}", cp["chosen"], base, speed["cpcnn"], speedup["cpcnn"]),
         _row(f"MS-CNN, {ms['chosen']['policy']}", ms["chosen"], base, speed["mscnn"], speedup["mscnn"]),
         _row(f"static ResNet, width {matched['width']:g}", matched, base, speed["matched"], speedup["matched"]),
+    ]
+    distilled = report["baselines"].get("compute_matched_distilled")
+    if distilled:
+        name = f"static ResNet, width {distilled['width']:g}, distilled from the base"
+        lines.append(_row(name, distilled, base, speed["matched"], speedup["matched"]))
+    lines += [
         *_static_rows(report),
     ]
     uniform = report["baselines"].get("uniform_threshold_exit") or {}
@@ -176,6 +195,7 @@ def verdict(report: dict[str, Any]) -> str:
     """Plain words, per method, on whether routing beats a static ResNet of the same recipe at the same MACs (by the
     margin asked), including where ours loses; then the prior art's uniform-threshold exit."""
     compared = report["baselines"].get("per_method") or {}
+    distilled = bool(report["baselines"].get("compute_matched_distilled"))
     words = []
     for method, result in (compared.get("methods") or {}).items():
         point, static, gap = report[method]["chosen"], result["static"], result["gap_points"]
@@ -185,9 +205,10 @@ def verdict(report: dict[str, Any]) -> str:
             "interpolated": f"interpolated in log MACs between the widths {widths}",
             "extrapolated": f"extrapolated in log MACs from the widths {widths}",
         }[static["kind"]]
+        recipe = "trained the same way (distilled from the base)" if distilled else "of the same recipe"
         words.append(
             f"At {point['macs_per_image'] / 1e6:.2f} M MACs the {LABELS.get(method, method)} reaches "
-            f"{pct(point['top1'])}, a static ResNet of the same recipe {pct(static['top1'])} ({how}): "
+            f"{pct(point['top1'])}, a static ResNet {recipe} {pct(static['top1'])} ({how}): "
             f"{abs(gap):.2f} points {'more' if gap >= 0 else 'less'} accurate, "
             + (
                 f"so routing beats shrinking the network by the {compared['margin_points']:g} points asked."
@@ -196,6 +217,10 @@ def verdict(report: dict[str, Any]) -> str:
                 + (": shrinking the network does as well or better." if gap <= 0 else ".")
             )
         )
+    plain = (report["baselines"].get("per_method_plain") or {}).get("methods") or {}
+    if plain:
+        gaps = ", ".join(f"{LABELS.get(m, m)} {r['gap_points']:+.2f}" for m, r in plain.items())
+        words.append(f"Against static ResNets trained on labels alone (the base's recipe) the gaps are {gaps} points.")
     uniform = report["baselines"].get("uniform_threshold_exit") or {}
     if "top1" in uniform:
         ms = report["mscnn"]["chosen"]
