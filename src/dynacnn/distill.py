@@ -97,9 +97,9 @@ def teacher_digest(run_dir: str | Path) -> str:
 
 
 def load_teacher(run_dir: str | Path | None, data_spec: dict[str, Any]) -> tuple[nn.Module | None, str | None]:
-    """The model of the `dynacnn train` run at `run_dir` and its `teacher_digest`; (None, None) without a run. Refused unless it was trained on the same data and split as `data_spec` (a `DataSpec`
-    as a dict): a teacher that trained on the student's calibration images would leak them into every choice made
-    there."""
+    """The model of the `dynacnn train` run at `run_dir` and its `teacher_digest`; (None, None) without a run.
+    Refused unless it was trained on the same data and split as `data_spec` (a `DataSpec` as a dict): a teacher that
+    trained on the student's calibration images would leak them into every choice made there."""
     if run_dir is None:
         return None, None
     run = load_run(run_dir)

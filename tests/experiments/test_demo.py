@@ -8,6 +8,7 @@ from importlib import resources
 import jsonschema
 import pytest
 from rich.console import Console
+from safetensors.torch import load_file, save_file
 
 from dynacnn.errors import ConfigError
 from dynacnn.experiments.bench import contender_identity
@@ -172,6 +173,25 @@ def test_a_rerun_with_another_max_drop_redoes_the_choices_not_the_training(demo_
         assert (out / "matched-distilled-previous-1" / "run.json").exists()
         assert {path: path.read_bytes() for path in weights[:3:2]} == {path: trained[path] for path in weights[:3:2]}
     assert json.loads((out / "matched" / "run.json").read_text())["model"]["width"] == width
+
+
+def test_a_base_with_other_weights_retrains_what_learned_from_it(demo_dir, tmp_path):
+    out = tmp_path / "demo"
+    shutil.copytree(demo_dir, out)
+    weights = load_file(str(out / "base" / "model.safetensors"))
+    save_file(
+        {name: tensor * 1.01 if tensor.is_floating_point() else tensor for name, tensor in weights.items()},
+        str(out / "base" / "model.safetensors"),
+    )
+    plain = (out / "matched" / "model.safetensors").read_bytes()
+    run_demo(out, QUICK, device="cpu", console=Console(file=open(out / "console4.txt", "w"), width=120))
+    steps = [line for line in (out / "console4.txt").read_text().splitlines() if re.match(r"\[\d/7\]", line)]
+    assert "MS-CNN" in steps[2] and "running" in steps[2] and (out / "mscnn-previous-1" / "mscnn.json").exists()
+    assert "on labels" in steps[3] and "reusing" in steps[3]
+    assert "distilled" in steps[4] and "running" in steps[4] and (out / "matched-distilled-previous-1").exists()
+    assert (out / "matched" / "model.safetensors").read_bytes() == plain
+    digest = hashlib.sha256((out / "base" / "model.safetensors").read_bytes()).hexdigest()
+    assert json.loads((out / "mscnn" / "mscnn.json").read_text())["training"]["teacher_sha256"] == digest
 
 
 def test_a_rerun_with_another_recipe_is_refused_before_anything_changes(demo_dir):

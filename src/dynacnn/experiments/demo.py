@@ -1,7 +1,7 @@
 """`dynacnn demo`: base model, CP-CNN, MS-CNN, honest baselines, side-by-side benchmark, one report.
 
-Every step writes its own artifact (base/run.json, cpcnn/cpcnn.json, mscnn/mscnn.json,
-matched/run.json, matched-distilled/run.json, bench.json); a re-run after an interruption skips finished steps and resumes the
+Every step writes its own artifact (base/run.json, cpcnn/cpcnn.json, mscnn/mscnn.json, matched/run.json,
+matched-distilled/run.json, bench.json); a re-run after an interruption skips finished steps and resumes the
 unfinished one from its last checkpoint. Policies are chosen on the calibration split; the test split
 is used once per model, for the report.
 """
@@ -283,6 +283,9 @@ def run_demo(
         redo=cpcnn_json.exists(),
     )
     mscnn_config = config.mscnn
+    taught_by = teacher_digest(base_dir)
+    if mscnn_json.exists() and read_json(mscnn_json).get("training", {}).get("teacher_sha256") != taught_by:
+        console.print(f"{mscnn_json.parent} learned from other base weights; moved to {set_aside(mscnn_json.parent)}")
     mscnn = reusable(mscnn_json, lambda r: same_settings(r, mscnn_config))
     mscnn = steps.run(
         "MS-CNN: train stages, analyse, sweep policies",
