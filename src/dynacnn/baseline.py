@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from dynacnn.data import normalize
-from dynacnn.distill import DEFAULT_DISTILL, load_teacher, with_teacher
-from dynacnn.errors import CheckpointError, ConfigError
+from dynacnn.distill import DEFAULT_DISTILL, check_distill, load_teacher, with_teacher
+from dynacnn.errors import CheckpointError
 from dynacnn.flops import count_macs
 from dynacnn.io import ensure_dir, write_json
 from dynacnn.models.fold import fold_batchnorm
@@ -39,8 +39,8 @@ def train_backbone(
     config.validate()
     dev = resolve_device(device)
     teacher_model, digest = load_teacher(teacher, asdict(data_spec))
-    if teacher_model is not None and not 0 < distill < 1:
-        raise ConfigError(f"--distill {distill!r} must be in (0, 1): the teacher's share of the loss")
+    if teacher_model is not None:
+        check_distill(distill)
     splits = data_spec.load()
     model_spec = replace(model_spec, num_classes=splits.info.num_classes, in_channels=splits.info.input_shape[0])
     torch.manual_seed(config.seed)

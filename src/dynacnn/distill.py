@@ -28,6 +28,13 @@ IMAGE_KD_TEMPERATURE = 4.0
 (MS-CNN at 3 M MACs: 92.45% against 92.18%; docs/results.md)."""
 
 
+def check_distill(distill: object) -> float:
+    """`distill` if it is a number in (0, 1), the teacher's share of a loss; else a `ConfigError` naming --distill."""
+    if isinstance(distill, bool) or not isinstance(distill, (int, float)) or not 0 < distill < 1:
+        raise ConfigError(f"--distill {distill!r} must be a number in (0, 1): the teacher's share of the loss")
+    return float(distill)
+
+
 def distillation_loss(
     weight: float, temperature: float = KD_TEMPERATURE
 ) -> Callable[[tuple[torch.Tensor, torch.Tensor], torch.Tensor], torch.Tensor]:

@@ -312,7 +312,7 @@ def run_demo(
         (matched_dir, None, "train on labels"),
         (distilled_dir, base_dir, "train distilled from the base"),
     ):
-        wanted = (width, None if teacher is None else teacher_digest(teacher))
+        wanted = (width, None if teacher is None else taught_by)
         found = reusable(
             run_dir / "run.json", lambda r, wanted=wanted: (r["model"]["width"], r.get("teacher_sha256")) == wanted
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from dynacnn.distill import check_distill
 from dynacnn.errors import ConfigError
 from dynacnn.mscnn.execute import FC_ROWS
 from dynacnn.mscnn.model import MSCNNConfig
@@ -77,8 +78,8 @@ class MSCNNRunConfig:
             raise ConfigError(f"unknown --precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
         if self.mode not in TRAINING_MODES:
             raise ConfigError(f"mode {self.mode!r} is not a training mode; use one of {', '.join(TRAINING_MODES)}")
-        if self.distill is not None and (not _is_number(self.distill) or not 0 < self.distill < 1):
-            raise ConfigError(f"--distill {self.distill!r} must be a number in (0, 1): the teacher's share of the loss")
+        if self.distill is not None:
+            check_distill(self.distill)
         if not _is_number(self.drop_z) or self.drop_z < 0:
             raise ConfigError(f"drop_z {self.drop_z!r} must be a non-negative number of standard errors")
         if self.stages is not None and (not _is_whole(self.stages) or self.stages < 2):

@@ -152,9 +152,7 @@ def render_markdown(out: Path, report: dict[str, Any]) -> str:
     if distilled:
         name = f"static ResNet, width {distilled['width']:g}, distilled from the base"
         lines.append(_row(name, distilled, base, speed["matched"], speedup["matched"]))
-    lines += [
-        *_static_rows(report),
-    ]
+    lines += _static_rows(report)
     uniform = report["baselines"].get("uniform_threshold_exit") or {}
     if "top1" in uniform:
         lines.append(_row("MS-CNN, uniform-threshold exit (prior art)", uniform, base))
