@@ -1,4 +1,5 @@
 import errno
+import hashlib
 import json
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 from dynacnn.errors import CheckpointError, DynacnnError
 from dynacnn.io import ensure_dir, read_json, write_json
 from dynacnn.models import build_resnet
-from dynacnn.runs import DataSpec, ModelSpec, load_run, load_weights, save_run, save_weights
+from dynacnn.runs import DataSpec, ModelSpec, load_run, load_weights, save_run, save_weights, weights_digest
 
 
 def test_write_json_is_atomic_under_failure(tmp_path, monkeypatch):
@@ -54,6 +55,17 @@ def test_run_round_trip_and_architecture_mismatch(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="format version"):
         load_run(tmp_path)
+
+
+def test_weights_digest_is_the_saved_files_sha256_in_any_layout(tmp_path):
+    model = build_resnet("resnet18", 10, 1, 0.125, "small")
+    save_weights(tmp_path / "model.safetensors", model)
+    saved = hashlib.sha256((tmp_path / "model.safetensors").read_bytes()).hexdigest()
+    reloaded = load_weights(tmp_path / "model.safetensors", build_resnet("resnet18", 10, 1, 0.125, "small"))
+    assert weights_digest(model) == saved == weights_digest(reloaded.to(memory_format=torch.channels_last))
+    with torch.no_grad():
+        model.fc.bias[0] += 1e-6
+    assert weights_digest(model) != saved
 
 
 def test_truncated_weights_file_is_a_clear_error(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -69,10 +70,19 @@ class DataSpec:
         return load_dataset(self.name, self.data_dir, calib_fraction=self.calib_fraction, seed=self.seed, **options)
 
 
+def weight_bytes(module: nn.Module) -> bytes:
+    """A module's state dict as safetensors bytes (what `save_weights` writes; the same in any memory layout)."""
+    return save({key: value.detach().cpu().contiguous() for key, value in module.state_dict().items()})
+
+
+def weights_digest(module: nn.Module) -> str:
+    """The SHA-256 of `weight_bytes`: for a saved run, the SHA-256 of its model.safetensors."""
+    return hashlib.sha256(weight_bytes(module)).hexdigest()
+
+
 def save_weights(path: str | Path, module: nn.Module) -> None:
     """Atomically write a module's state dict as safetensors."""
-    state = {key: value.detach().cpu().contiguous() for key, value in module.state_dict().items()}
-    write_bytes(path, save(state))
+    write_bytes(path, weight_bytes(module))
 
 
 def load_weights(path: str | Path, module: nn.Module) -> nn.Module:

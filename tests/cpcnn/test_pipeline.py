@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import replace
 
@@ -225,6 +226,11 @@ def test_resume_reuses_redoes_or_refuses_as_the_config_changes(base_run, tmp_pat
     for change in ({"lr": 0.1}, {"head_distill": 0.0}, {"seed": 1}):
         with pytest.raises(CheckpointError, match="other settings"):
             convert(model, data, tmp_path, replace(config, **change), device="cpu", resume=True)
+    retrained_backbone = copy.deepcopy(model)
+    with torch.no_grad():
+        retrained_backbone.fc.weight.mul_(1.01)
+    with pytest.raises(CheckpointError, match="other settings"):  # its heads learned from another S and teacher
+        convert(retrained_backbone, data, tmp_path, config, device="cpu", resume=True)
     convert(model, data, tmp_path, replace(config, lr=0.1), device="cpu")
     retrained = stamps()
     assert all(retrained[name] != before[name] for name in before)

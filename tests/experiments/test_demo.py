@@ -63,6 +63,7 @@ def test_the_mscnn_and_one_static_network_learn_from_the_base(demo_dir):
     assert (demo_dir / "matched-distilled" / "model.safetensors").read_bytes() != (
         demo_dir / "matched" / "model.safetensors"
     ).read_bytes()
+    assert json.loads((demo_dir / "cpcnn" / "cpcnn.json").read_text())["base"]["sha256"] == distilled["teacher_sha256"]
     training = json.loads((demo_dir / "mscnn" / "mscnn.json").read_text())["training"]
     assert (training["teacher_sha256"], training["distill"]) == (distilled["teacher_sha256"], 0.5)
     assert "teacher" not in training  # no paths in mscnn.json: a moved demo reports the same
@@ -175,7 +176,7 @@ def test_a_rerun_with_another_max_drop_redoes_the_choices_not_the_training(demo_
     assert json.loads((out / "matched" / "run.json").read_text())["model"]["width"] == width
 
 
-def test_a_base_with_other_weights_retrains_what_learned_from_it(demo_dir, tmp_path):
+def test_a_base_with_other_weights_retrains_what_was_made_from_it(demo_dir, tmp_path):
     out = tmp_path / "demo"
     shutil.copytree(demo_dir, out)
     weights = load_file(str(out / "base" / "model.safetensors"))
@@ -186,12 +187,14 @@ def test_a_base_with_other_weights_retrains_what_learned_from_it(demo_dir, tmp_p
     plain = (out / "matched" / "model.safetensors").read_bytes()
     run_demo(out, QUICK, device="cpu", console=Console(file=open(out / "console4.txt", "w"), width=120))
     steps = [line for line in (out / "console4.txt").read_text().splitlines() if re.match(r"\[\d/7\]", line)]
+    assert "CP-CNN" in steps[1] and "running" in steps[1] and (out / "cpcnn-previous-1" / "cpcnn.json").exists()
     assert "MS-CNN" in steps[2] and "running" in steps[2] and (out / "mscnn-previous-1" / "mscnn.json").exists()
     assert "on labels" in steps[3] and "reusing" in steps[3]
     assert "distilled" in steps[4] and "running" in steps[4] and (out / "matched-distilled-previous-1").exists()
     assert (out / "matched" / "model.safetensors").read_bytes() == plain
     digest = hashlib.sha256((out / "base" / "model.safetensors").read_bytes()).hexdigest()
     assert json.loads((out / "mscnn" / "mscnn.json").read_text())["training"]["teacher_sha256"] == digest
+    assert json.loads((out / "cpcnn" / "cpcnn.json").read_text())["base"]["sha256"] == digest
 
 
 def test_a_rerun_with_another_recipe_is_refused_before_anything_changes(demo_dir):

@@ -166,6 +166,7 @@ def choose_split_point(conv: Conversion) -> None:
         "train": c.train_config().to_dict(),
         "distill": settings["distill"],
         "memory_format": conv.format_name,
+        "backbone_sha256": conv.trainer.backbone_sha256,
     }
     clustifier = fixed.get("clustifier", "LC")
     sweep = partial(explore.sweep_split_points, splits, conv.data, conv.trainer, conv.cal, clustifier, conv.timing)
@@ -342,6 +343,7 @@ def save(conv: Conversion) -> dict[str, Any]:
             "calib_top1": cal.base_top1,
             "calib_top5": cal.base_top5,
             "macs_per_image": conv.base["macs"],
+            "sha256": conv.trainer.backbone_sha256,
         },
         "clusters": [[info.class_names[c] for c in group] for group in conv.members],
         "cluster_ids": conv.members,

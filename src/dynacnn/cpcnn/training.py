@@ -15,6 +15,7 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from dynacnn.cpcnn.config import CPCNNConfig
 from dynacnn.distill import distillation_loss
 from dynacnn.io import ensure_dir, read_json, write_json
 from dynacnn.models.layout import memory_format_of
-from dynacnn.runs import load_weights, save_weights
+from dynacnn.runs import load_weights, save_weights, weights_digest
 from dynacnn.train import Batches, TrainConfig, fit, topk_accuracy
 
 MIN_ONECYCLE_STEPS = 16
@@ -146,6 +147,11 @@ class ComponentTrainer:
     def train_config(self) -> TrainConfig:
         return self.config.train_config()
 
+    @cached_property
+    def backbone_sha256(self) -> str:
+        """The backbone's `weights_digest`: components trained on another backbone's S are not reused."""
+        return weights_digest(self.backbone)
+
     @property
     def group_of(self) -> torch.Tensor:
         return group_index(self.members, self.backbone.fc.out_features)
@@ -172,6 +178,7 @@ class ComponentTrainer:
             "copies": copies,
             "train_images": train.num_samples,
             "distill": distill,
+            "backbone_sha256": self.backbone_sha256,
         }
 
     def train_part(

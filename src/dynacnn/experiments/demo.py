@@ -275,6 +275,11 @@ def run_demo(
         ),
     )
     cpcnn_json, mscnn_json = out / "cpcnn" / "cpcnn.json", out / "mscnn" / "mscnn.json"
+    taught_by = teacher_digest(base_dir)
+    if cpcnn_json.exists() and read_json(cpcnn_json)["base"].get("sha256") != taught_by:
+        console.print(
+            f"{cpcnn_json.parent} was converted from other base weights; moved to {set_aside(cpcnn_json.parent)}"
+        )
     cpcnn = reusable(cpcnn_json, lambda r: same_settings(r, config.cpcnn))
     cpcnn = steps.run(
         "CP-CNN: cluster, convert, train heads, sweep tau",
@@ -283,7 +288,6 @@ def run_demo(
         redo=cpcnn_json.exists(),
     )
     mscnn_config = config.mscnn
-    taught_by = teacher_digest(base_dir)
     if mscnn_json.exists() and read_json(mscnn_json).get("training", {}).get("teacher_sha256") != taught_by:
         console.print(f"{mscnn_json.parent} learned from other base weights; moved to {set_aside(mscnn_json.parent)}")
     mscnn = reusable(mscnn_json, lambda r: same_settings(r, mscnn_config))
