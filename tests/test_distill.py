@@ -13,12 +13,13 @@ from torch import nn
 
 from dynacnn.baseline import train_backbone
 from dynacnn.distill import WithTeacher, distillation_loss, load_teacher
-from dynacnn.errors import ConfigError
+from dynacnn.errors import CheckpointError, ConfigError
+from dynacnn.models.external import build_external
 from dynacnn.mscnn.config import MSCNNRunConfig
 from dynacnn.mscnn.model import MSCNN
 from dynacnn.mscnn.pipeline import run_mscnn
 from dynacnn.mscnn.training import train_mscnn
-from dynacnn.runs import DataSpec, ModelSpec
+from dynacnn.runs import DataSpec, ModelSpec, save_weights, weights_digest
 from dynacnn.train import TensorBatches, TrainConfig
 from mscnn.helpers import CLASSES, tiny_config, tiny_data
 from test_cli import assert_one_line_error, run_cli
@@ -159,3 +160,46 @@ def test_cli_names_a_missing_teacher_in_one_line(tmp_path, capsys):
         ["mscnn", "--data", "digits", "--teacher", "/nonexistent/run", "--out", str(tmp_path)], capsys
     )
     assert_one_line_error(code, err, "/nonexistent/run", "dynacnn train")
+
+
+def _checkpoint(path, classes: int = 10, channels: int = 1):
+    """A torchvision ResNet-18 (CIFAR stem) checkpoint for the digits, as a user would bring one."""
+    torch.manual_seed(0)
+    model = build_external("torchvision:resnet18", classes, channels, cifar_stem=True)
+    save_weights(path, model)
+    return path
+
+
+def test_a_checkpoint_teaches_the_mscnn_and_its_digest_is_recorded(tmp_path):
+    checkpoint = _checkpoint(tmp_path / "resnet18.safetensors")
+    result = run_mscnn(
+        tmp_path / "mscnn",
+        MSCNNRunConfig(epochs=1, quick=True, distill=0.5),
+        data="digits",
+        data_options={"train_limit": 60},
+        device="cpu",
+        teacher=checkpoint,
+        teacher_arch="torchvision:resnet18",
+    )
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert (result["training"]["teacher_sha256"], result["training"]["distill"]) == (digest, 0.5)
+    model, found = load_teacher(checkpoint, {}, arch="torchvision:resnet18", input_shape=(1, 8, 8), num_classes=10)
+    assert found == digest == weights_digest(model) and not model.training
+
+
+def test_a_checkpoint_teacher_that_does_not_fit_is_refused_in_one_line(tmp_path, capsys):
+    seven, rgb = _checkpoint(tmp_path / "seven.safetensors", 7), _checkpoint(tmp_path / "rgb.safetensors", channels=3)
+    fits = _checkpoint(tmp_path / "resnet18.safetensors")
+    out = tmp_path / "mscnn"
+    for teacher, arch, expected in (
+        (seven, "torchvision:resnet18", "7-class head but 10"),
+        (rgb, "torchvision:resnet18", "takes 3-channel images but the data has 1"),
+        (None, "torchvision:resnet18", "--teacher-arch torchvision:resnet18 needs --teacher"),
+        (fits, "torchvision:resnet50", "not a torchvision:resnet50 checkpoint"),
+    ):
+        args = ["mscnn", "--data", "digits", "--out", str(out), "--teacher-arch", arch]
+        code, _, err = run_cli(args + ([] if teacher is None else ["--teacher", str(teacher)]), capsys)
+        assert_one_line_error(code, err, expected)
+    with pytest.raises(CheckpointError, match="7-class head"):
+        load_teacher(seven, {}, arch="torchvision:resnet18", input_shape=(1, 8, 8), num_classes=10)
+    assert not out.exists()

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from dynacnn.errors import ConfigError
-from dynacnn.runs import RUNTIME_OPTIONS, load_run
+from dynacnn.models.external import first_conv, load_backbone
+from dynacnn.runs import RUNTIME_OPTIONS, load_run, weights_digest
 from dynacnn.train import final_logits
 
 DEFAULT_DISTILL = 0.5
@@ -103,18 +104,40 @@ def teacher_digest(run_dir: str | Path) -> str:
     return digest.hexdigest()
 
 
-def load_teacher(run_dir: str | Path | None, data_spec: dict[str, Any]) -> tuple[nn.Module | None, str | None]:
-    """The model of the `dynacnn train` run at `run_dir` and its `teacher_digest`; (None, None) without a run.
-    Refused unless it was trained on the same data and split as `data_spec` (a `DataSpec` as a dict): a teacher that
-    trained on the student's calibration images would leak them into every choice made there."""
-    if run_dir is None:
+def load_teacher(
+    teacher: str | Path | None,
+    data_spec: dict[str, Any],
+    *,
+    arch: str | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    num_classes: int | None = None,
+) -> tuple[nn.Module | None, str | None]:
+    """The teacher and the SHA-256 of its weights; (None, None) without one.
+
+    Without `arch`, `teacher` is a `dynacnn train` run, refused unless it was trained on the same data and split as
+    `data_spec` (a `DataSpec` as a dict): a teacher that trained on the student's calibration images would leak them
+    into every choice made there. With `arch`, `teacher` is the user's checkpoint of that architecture (its training
+    data cannot be checked, as for a CP-CNN's --checkpoint); its classes and channels must be `num_classes` and
+    `input_shape`'s."""
+    if teacher is None:
+        if arch is not None:
+            raise ConfigError(f"--teacher-arch {arch} needs --teacher FILE, the checkpoint of that architecture")
         return None, None
-    run = load_run(run_dir)
+    if arch is not None:
+        model = load_backbone(arch, Path(teacher), num_classes).eval()
+        channels = first_conv(model).in_channels
+        if input_shape is not None and channels != input_shape[0]:
+            raise ConfigError(
+                f"--teacher {teacher} takes {channels}-channel images but the data has {input_shape[0]}; "
+                "pass a checkpoint trained on this data"
+            )
+        return model, weights_digest(model)
+    run = load_run(teacher)
     theirs, ours = _without_runtime(asdict(run.data_spec)), _without_runtime(data_spec)
     if theirs != ours:
         differing = ", ".join(key for key in ours if theirs.get(key) != ours[key])
         raise ConfigError(
-            f"--teacher {run_dir} was trained on other data or another split ({differing} differ); train the "
+            f"--teacher {teacher} was trained on other data or another split ({differing} differ); train the "
             "teacher with the same --data, --seed and calibration fraction, or leave --teacher out"
         )
-    return run.model, teacher_digest(run_dir)
+    return run.model, teacher_digest(teacher)

@@ -44,6 +44,7 @@ from dynacnn.cli.options import (
     config_from,
     data_options_of,
     echo_json,
+    external_arch,
     multilevel_line,
     progress_to_stderr,
     spread_per_channel,
@@ -313,7 +314,12 @@ def mscnn(
         None, help="training images CAP_CONV's filter ranking is fitted on (10000)"
     ),
     teacher: Optional[Path] = typer.Option(
-        None, help="a `dynacnn train` run on the same data and split whose model every stage learns from"
+        None,
+        help="a `dynacnn train` run on the same data and split whose model every stage learns from, or with "
+        "--teacher-arch your checkpoint FILE",
+    ),
+    teacher_arch: Optional[str] = typer.Option(
+        None, parser=external_arch, metavar="ARCH", help="--teacher is a checkpoint of ARCH (as cpcnn's --arch)"
     ),
     distill: Optional[float] = typer.Option(
         None, help="the teacher's share of every stage's loss (0.5 with --teacher)"
@@ -344,6 +350,7 @@ def mscnn(
             device=device,
             resume=resume,
             teacher=teacher,
+            teacher_arch=teacher_arch,
         )
     chosen, full = result["chosen"], result["full"]
     if json_out:

@@ -314,14 +314,15 @@ def run_mscnn(
     device: str = "auto",
     resume: bool = False,
     teacher: str | Path | None = None,
+    teacher_arch: str | None = None,
 ) -> dict:
     """Train an MS-CNN, analyse it (Eq. 1-3, Alg. 1-4, §IV-C), sweep policies, choose one and measure it; returns mscnn.json.
 
     `config` (default `MSCNNRunConfig()`) holds every setting of the run; it is validated before anything is
     written and recorded in mscnn.json as "settings". `data`, `data_dir`, `calib_fraction` and `data_options`
     (extra `load_dataset` options) name the dataset, split with `config.seed`. `resume` continues the training
-    from its last finished epoch. `teacher`: a `dynacnn train` run on the same data and split whose model every
-    stage learns from (with weight `config.distill`).
+    from its last finished epoch. `teacher`: a `dynacnn train` run on the same data and split, or with `teacher_arch`
+    the user's checkpoint of that architecture, whose model every stage learns from (weight `config.distill`).
     """
     config = (config or MSCNNRunConfig()).validate()
     torch.manual_seed(config.seed)
@@ -344,8 +345,10 @@ def run_mscnn(
         "options": data_options or {},
     }
     if (teacher is None) != (config.distill is None):
-        raise ConfigError("--teacher and --distill go together: give the teacher run and its weight, or neither")
-    teacher_model, digest = load_teacher(teacher, data_spec)
+        raise ConfigError("--teacher and --distill go together: give the teacher and its weight, or neither")
+    teacher_model, digest = load_teacher(
+        teacher, data_spec, arch=teacher_arch, input_shape=info.input_shape, num_classes=info.num_classes
+    )
     out = ensure_dir(out_dir)
     train_config = TrainConfig(
         epochs=config.epochs,
