@@ -6,7 +6,6 @@ compute-matched static ResNet can learn from the user's model on the images them
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -96,12 +95,9 @@ def _without_runtime(data_spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def teacher_digest(run_dir: str | Path) -> str:
-    """The SHA-256 of the teacher run's weights: what a resume or a reuse compares (the run may move)."""
-    digest = hashlib.sha256()
-    with open(Path(run_dir) / "model.safetensors", "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The `weights_digest` of a run's model (the SHA-256 of the model.safetensors dynacnn wrote): what a resume or a
+    reuse compares (the run may move)."""
+    return weights_digest(load_run(run_dir).model)
 
 
 def load_teacher(
@@ -140,4 +136,4 @@ def load_teacher(
             f"--teacher {teacher} was trained on other data or another split ({differing} differ); train the "
             "teacher with the same --data, --seed and calibration fraction, or leave --teacher out"
         )
-    return run.model, teacher_digest(teacher)
+    return run.model, weights_digest(run.model)
