@@ -195,6 +195,10 @@ def test_a_base_with_other_weights_retrains_what_was_made_from_it(demo_dir, tmp_
     digest = hashlib.sha256((out / "base" / "model.safetensors").read_bytes()).hexdigest()
     assert json.loads((out / "mscnn" / "mscnn.json").read_text())["training"]["teacher_sha256"] == digest
     assert json.loads((out / "cpcnn" / "cpcnn.json").read_text())["base"]["sha256"] == digest
+    assert "Benchmark" in steps[5] and "redoing" in steps[5]  # the timed models changed: timed again
+    assert (
+        json.loads((out / "bench.json").read_text())["contenders"]["weights_sha256"]["base/model.safetensors"] == digest
+    )
 
 
 def test_a_rerun_with_another_recipe_is_refused_before_anything_changes(demo_dir):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,13 @@ from dynacnn.train import resolve_device
 BATCH_SIZES = (1, 32, 256)
 CHUNK_BATCHES = 10
 DEMO_PARTS = ("base/run.json", "cpcnn/cpcnn.json", "mscnn/mscnn.json", "matched/run.json")
+TIMED_WEIGHTS = (
+    "base/model.safetensors",
+    "cpcnn/cpcnn.safetensors",
+    "mscnn/model.safetensors",
+    "matched/model.safetensors",
+)
+"""The weights of the timed models: routing decisions, and so sub-batch sizes and time, follow them."""
 BENCH_FORMAT = 2  # 2: the full MS-CNN timed beside its policy; exported contenders paired with the exported base
 
 
@@ -53,8 +61,8 @@ def demo_contenders(out: Path, input_shape: tuple[int, ...], device: torch.devic
 
 
 def contender_identity(out: Path) -> dict[str, Any]:
-    """What the benchmark timed: each contender's run settings and chosen operating point (a rerun of the demo
-    re-measures when any of them changed)."""
+    """What the benchmark timed: each contender's run settings, chosen operating point and the SHA-256 of its weights
+    (a rerun of the demo re-measures when any of them changed)."""
     runs = {name: read_json(out / name / "run.json") for name in ("base", "matched")}
     cpcnn, mscnn = read_json(out / "cpcnn" / "cpcnn.json")["chosen"], read_json(out / "mscnn" / "mscnn.json")["chosen"]
     return {
@@ -62,6 +70,7 @@ def contender_identity(out: Path) -> dict[str, Any]:
         **{name: {"model": run["model"], "train_config": run.get("train_config")} for name, run in runs.items()},
         "cpcnn": {"tau": cpcnn["tau"], "macs_per_image": cpcnn["macs_per_image"]},
         "mscnn": {"policy": mscnn["policy"], "settings": mscnn["settings"]},
+        "weights_sha256": {name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in TIMED_WEIGHTS},
     }
 
 
