@@ -9,6 +9,7 @@ Every dataset here is a tiny file written into tmp_path. The CLI runs in-process
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import pickle
@@ -736,6 +737,22 @@ def test_eval_with_weights_of_another_architecture(run_copy, capsys):
     (run_copy / "run.json").write_text(json.dumps(meta))
     code, _, err = run_cli(["eval", "--run", run_copy, "--device", "cpu"], capsys)
     assert_one_line_error(code, err, str(run_copy / "model.safetensors"), "another architecture or number of classes")
+
+
+def test_cluster_then_retrain_then_cpcnn_refuses_the_stale_hyper_classes(run_copy, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    code, _, err = run_cli(["cluster", "--run", run_copy, "--hyper-classes", "2", "--device", "cpu"], capsys)
+    assert code == 0, err
+    recorded = json.loads((run_copy / "clusters.json").read_text())["backbone_sha256"]
+    assert recorded == hashlib.sha256((run_copy / "model.safetensors").read_bytes()).hexdigest()
+    weights = load_file(str(run_copy / "model.safetensors"))
+    weights["fc.bias"] = weights["fc.bias"] + 1.0  # as if the run were trained again into the same directory
+    save_file(weights, str(run_copy / "model.safetensors"))
+    out = tmp_path / "out"
+    code, _, err = run_cli(["cpcnn", "--run", run_copy, "--out", out, "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, str(run_copy / "clusters.json"), "other weights", "re-run `dynacnn cluster`")
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("command", ["eval", "flops"])

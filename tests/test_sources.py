@@ -167,6 +167,29 @@ def test_without_a_clusters_file_out_keeps_its_own_or_alg2_fits_them(tmp_path):
     assert "made by an earlier run into this --out" in use_clusters(out, None, None, NAMES, None)
 
 
+def test_hyper_classes_fitted_on_other_weights_are_refused_unless_given(tmp_path):
+    """A retrained model must not silently reuse the hyper-classes fitted on its old weights (clusters.json records
+    their SHA-256); a --clusters-file is the user's choice and is kept whatever it was fitted on."""
+    old, new = "a" * 64, "b" * 64
+    from_run = clusters_json(tmp_path / "run" / "clusters.json", [[0], [1, 2, 3]])
+    from_run.write_text(json.dumps({**json.loads(from_run.read_text()), "backbone_sha256": old}))
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError) as info:
+        use_clusters(out, None, from_run, NAMES, None, new)
+    assert str(from_run) in str(info.value) and "re-run `dynacnn cluster`" in str(info.value)
+    assert not out.exists()
+    assert "written by `dynacnn cluster`" in use_clusters(out, None, from_run, NAMES, None, old)
+    assert "(--clusters-file)" in use_clusters(out, from_run, None, NAMES, None, new)
+    kept = json.loads((out / "clusters.json").read_text())
+    assert kept["kept_by_user"] and kept["backbone_sha256"] == old
+    assert "made by an earlier run" in use_clusters(out, None, None, NAMES, None, new)
+    (out / "clusters.json").write_text(json.dumps({**kept, "kept_by_user": False}))
+    with pytest.raises(ConfigError, match="delete it to fit the hyper-classes on these weights"):
+        use_clusters(out, None, None, NAMES, None, new)
+    assert "made by an earlier run" in use_clusters(out, None, None, NAMES, None, old)
+    assert "made by an earlier run" in use_clusters(out, None, None, NAMES, None, None)
+
+
 @pytest.mark.parametrize(
     "groups, names, count, fragment",
     [

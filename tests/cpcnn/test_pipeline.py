@@ -162,6 +162,21 @@ def test_clusters_are_fitted_when_absent_and_checked_when_given(tmp_path):
         hyper_classes(tmp_path, torch.softmax(logits, 1), labels, [f"c{i}" for i in range(6)], 0)
 
 
+def test_clusters_record_the_weights_they_were_fitted_on_and_refuse_others(tmp_path):
+    labels = torch.arange(6).repeat(20)
+    probs = torch.softmax(
+        torch.randn(120, 6, generator=torch.Generator().manual_seed(2)) + 3 * torch.nn.functional.one_hot(labels), 1
+    )
+    names = [f"c{i}" for i in range(6)]
+    members, clusters = hyper_classes(tmp_path, probs, labels, names, 0, 2, "a" * 64)
+    assert clusters["backbone_sha256"] == "a" * 64
+    assert hyper_classes(tmp_path, probs, labels, names, 0, 2, "a" * 64)[0] == members
+    with pytest.raises(ConfigError, match="fitted on other weights of the model"):
+        hyper_classes(tmp_path, probs, labels, names, 0, 2, "b" * 64)
+    write_json(tmp_path / "clusters.json", {**clusters, "kept_by_user": True})
+    assert hyper_classes(tmp_path, probs, labels, names, 0, 2, "b" * 64)[0] == members
+
+
 @pytest.mark.parametrize("n_clusters", [2, 3, 4])
 def test_a_given_hyper_class_count_is_fitted_and_then_enforced(tmp_path, n_clusters):
     generator = torch.Generator().manual_seed(1)

@@ -263,6 +263,7 @@ def cpcnn(
     from dynacnn.cpcnn.pipeline import convert
     from dynacnn.experiments.multilevel import convert_multilevel
     from dynacnn.io import read_json
+    from dynacnn.runs import weights_digest
     from dynacnn.sources import load_source
 
     config = config_from(CPCNNConfig, locals(), n_clusters=hyper_classes).validate()
@@ -271,7 +272,8 @@ def cpcnn(
     source = load_source(run, checkpoint, arch, data, data_dir, seed=seed, options=options)
     info = source.data.info
     config.validate(info.num_classes)
-    used = use_clusters(out, clusters_file, source.clusters_file, info.class_names, config.n_clusters)
+    digest = weights_digest(source.backbone)
+    used = use_clusters(out, clusters_file, source.clusters_file, info.class_names, config.n_clusters, digest)
     with progress_to_stderr(json_out):
         typer.echo(used)
         common, multi = {"device": device, "resume": resume, "spec": source.spec}, None

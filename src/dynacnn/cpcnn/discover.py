@@ -15,6 +15,7 @@ from dynacnn.cpcnn.serialize import load_clusters
 from dynacnn.errors import ConfigError
 from dynacnn.io import ensure_dir, read_json, write_json
 from dynacnn.report.cluster_plots import plot_eigenvalues, plot_similarity
+from dynacnn.runs import weights_digest
 from dynacnn.train import ImageBatches, predict, resolve_device
 
 
@@ -49,6 +50,21 @@ def write_clusters(
     return summary
 
 
+KEEP_OR_REFIT = "delete it to fit the hyper-classes on these weights, or give it as --clusters-file to keep them"
+
+
+def check_fitted_on(path: Path, clusters: dict[str, Any], backbone_sha256: str | None, fix: str) -> None:
+    """Refuse hyper-classes fitted on other weights of the model (the `backbone_sha256` clusters.json records), unless
+    a user chose them (`kept_by_user`)."""
+    recorded = clusters.get("backbone_sha256")
+    if None in (recorded, backbone_sha256) or recorded == backbone_sha256 or clusters.get("kept_by_user"):
+        return
+    raise ConfigError(
+        f"{path} was fitted on other weights of the model (SHA-256 {str(recorded)[:12]}..., these: "
+        f"{backbone_sha256[:12]}...); {fix}"
+    )
+
+
 def hyper_classes(
     out: Path,
     calib_probs: torch.Tensor,
@@ -56,12 +72,18 @@ def hyper_classes(
     class_names: Sequence[str],
     seed: int,
     n_clusters: int | None = None,
+    backbone_sha256: str | None = None,
 ) -> tuple[list[list[int]], dict[str, Any]]:
     """Hyper-classes from `out/clusters.json`, or Alg. 2 fitted on calibration probabilities (written there, with its
-    plots); `n_clusters` fixes their number (None: the eigengap's choice)."""
-    if not (out / "clusters.json").exists():
+    plots, and the `backbone_sha256` they came from); `n_clusters` fixes their number (None: the eigengap's choice).
+    A clusters.json fitted on other weights of the backbone is refused unless a user chose it (`use_clusters`)."""
+    path = out / "clusters.json"
+    if path.exists():
+        check_fitted_on(path, read_json(path), backbone_sha256, KEEP_OR_REFIT)
+    else:
         estimator = HyperClassClustering(n_clusters=n_clusters, random_state=seed)
-        write_clusters(out, estimator.fit(calib_probs.double().numpy(), calib_labels.numpy()), class_names)
+        fitted = estimator.fit(calib_probs.double().numpy(), calib_labels.numpy())
+        write_clusters(out, fitted, class_names, {"backbone_sha256": backbone_sha256})
     return load_clusters(out, len(class_names), n_clusters)
 
 
@@ -74,7 +96,7 @@ def discover_hyperclasses(
     estimator = HyperClassClustering(**params)
     probs, labels = calibration_probs(backbone.to(dev).eval(), data, dev)
     estimator.fit(probs.numpy(), labels.numpy())
-    extra = {}
+    extra: dict[str, Any] = {"backbone_sha256": weights_digest(backbone)}
     if data.info.coarse_labels is not None:
         extra["agreement_with_coarse_labels"] = estimator.score_against(data.info.coarse_labels)
     return write_clusters(ensure_dir(out_dir), estimator, data.info.class_names, extra)
@@ -109,22 +131,30 @@ def use_clusters(
     made_by_cluster: Path | None,
     class_names: Sequence[str],
     n_clusters: int | None,
+    backbone_sha256: str | None = None,
 ) -> str:
     """Put the hyper-classes a conversion into `out_dir` will use at `out_dir/clusters.json` (where `convert` reads
     them); return where they come from, in words.
 
-    First choice: `given` (`--clusters-file`), then `made_by_cluster` (what `dynacnn cluster` wrote into the run),
-    each checked against the data's classes and `n_clusters` and copied; without either, a clusters.json already in
-    `out_dir` (an earlier conversion) is kept, or else Alg. 2 fits them during the conversion."""
+    First choice: `given` (`--clusters-file`, kept whatever weights it was fitted on), then `made_by_cluster` (what
+    `dynacnn cluster` wrote into the run), each checked against the data's classes and `n_clusters` and copied;
+    without either, a clusters.json already in `out_dir` (an earlier conversion) is kept, or else Alg. 2 fits them
+    during the conversion. The last two are refused when fitted on other weights than `backbone_sha256`."""
     out = Path(out_dir)
-    for path, option in ((given, "--clusters-file"), (made_by_cluster, "written by `dynacnn cluster`")):
-        if path is None:
-            continue
-        clusters = _clusters_of(Path(path), class_names, n_clusters, option)
-        if Path(path).resolve() != (out / "clusters.json").resolve():
-            write_json(ensure_dir(out) / "clusters.json", {**clusters, "copied_from": str(path)})
-        return f"hyper-classes from {path} ({option})"
+    if given is not None:
+        clusters = _clusters_of(Path(given), class_names, n_clusters, "--clusters-file")
+        write_json(ensure_dir(out) / "clusters.json", {**clusters, "copied_from": str(given), "kept_by_user": True})
+        return f"hyper-classes from {given} (--clusters-file)"
+    if made_by_cluster is not None:
+        clusters = _clusters_of(Path(made_by_cluster), class_names, n_clusters, "written by `dynacnn cluster`")
+        rerun = "re-run `dynacnn cluster` on these weights, or give it as --clusters-file to keep them"
+        check_fitted_on(Path(made_by_cluster), clusters, backbone_sha256, rerun)
+        if Path(made_by_cluster).resolve() != (out / "clusters.json").resolve():
+            write_json(ensure_dir(out) / "clusters.json", {**clusters, "copied_from": str(made_by_cluster)})
+        return f"hyper-classes from {made_by_cluster} (written by `dynacnn cluster`)"
     if (out / "clusters.json").exists():
+        earlier = _clusters_of(out / "clusters.json", class_names, n_clusters, "made by an earlier run into this --out")
+        check_fitted_on(out / "clusters.json", earlier, backbone_sha256, KEEP_OR_REFIT)
         return f"hyper-classes from {out / 'clusters.json'} (made by an earlier run into this --out)"
     count = "the eigengap's count" if n_clusters is None else f"{n_clusters} of them"
     return f"hyper-classes fitted by Alg. 2 ({count}), written to {out / 'clusters.json'}"

@@ -61,7 +61,7 @@ from dynacnn.flops import count_macs
 from dynacnn.io import ensure_dir, read_json, write_json
 from dynacnn.models.layout import MEMORY_FORMATS, as_format
 from dynacnn.report.cpcnn_report import write_report
-from dynacnn.runs import load_run, remembered
+from dynacnn.runs import load_run, remembered, weights_digest
 from dynacnn.train import resolve_device
 
 NOTES = [
@@ -139,7 +139,7 @@ def cluster(conv: Conversion) -> None:
     base_test = class_probs(conv.backbone, data.test, info, conv.device)
     macs = count_macs(conv.backbone, torch.zeros(1, *conv.input_shape, device=conv.device)).macs_per_image
     members, conv.clusters = hyper_classes(
-        conv.out, base_calib, data.calib.labels, info.class_names, c.seed, c.n_clusters
+        conv.out, base_calib, data.calib.labels, info.class_names, c.seed, c.n_clusters, weights_digest(conv.backbone)
     )
     c.check_hyper_class_count(len(members))
     conv.cal = SplitView(members, data.calib.labels, base_calib, c.tau, c.max_drop, c.rule, c.weighting)
