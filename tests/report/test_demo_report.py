@@ -68,7 +68,7 @@ def test_with_a_distilled_static_network_the_verdict_says_so_and_gives_the_plain
         per_method_plain=plain,
     )
     words = verdict(report)
-    assert words.count("a static ResNet trained the same way (distilled from the base)") == 2
+    assert words.count("a static ResNet (distilled from the base)") == 2
     gaps = ", ".join(f"{name} {plain['methods'][m]['gap_points']:+.2f}" for m, name in LABELS.items())
     assert f"trained on labels alone (the base's recipe) the gaps are {gaps} points" in words
     rows = _static_rows(report)

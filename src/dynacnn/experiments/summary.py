@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from dynacnn.report.demo_report import static_recipe
 from dynacnn.report.render import median_speedups
 
 LABELS = {"cpcnn": "CP-CNN", "mscnn": "MS-CNN"}
@@ -63,7 +64,7 @@ def summary_table(console: Console, report: dict[str, Any]) -> None:
         )
     console.print(table)
     margin = (baselines.get("per_method") or {}).get("margin_points")
-    trained = "distilled from the base as it is" if baselines.get("compute_matched_distilled") else "same recipe"
+    trained = static_recipe(report)
     for method, compared in per_method.items():
         plain = (baselines.get("per_method_plain") or {}).get("methods", {}).get(method)
         console.print(

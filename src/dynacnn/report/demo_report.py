@@ -106,7 +106,7 @@ def _row(
     )
 
 
-def _recipe(report: dict[str, Any]) -> str:
+def static_recipe(report: dict[str, Any]) -> str:
     """How the static networks `per_method` reads from were trained: as the dynamic models, distilled from the base
     (reports made before that: the base's own recipe)."""
     return "distilled from the base" if report["baselines"].get("compute_matched_distilled") else "same recipe"
@@ -116,7 +116,7 @@ def _static_rows(report: dict[str, Any]) -> list[str]:
     """The static ResNet at each method's MACs (interpolated in log MACs between static networks of a recipe):
     trained as the dynamic models (`per_method`), then on labels alone (`per_method_plain`)."""
     rows = []
-    for key, recipe in (("per_method", _recipe(report)), ("per_method_plain", "labels only")):
+    for key, recipe in (("per_method", static_recipe(report)), ("per_method_plain", "labels only")):
         for method, compared in ((report["baselines"].get(key) or {}).get("methods") or {}).items():
             static = compared["static"]
             name = f"static ResNet ({recipe}) at the {LABELS.get(method, method)}'s MACs ({static['kind']})"
@@ -193,7 +193,6 @@ def verdict(report: dict[str, Any]) -> str:
     """Plain words, per method, on whether routing beats a static ResNet of the same recipe at the same MACs (by the
     margin asked), including where ours loses; then the prior art's uniform-threshold exit."""
     compared = report["baselines"].get("per_method") or {}
-    distilled = bool(report["baselines"].get("compute_matched_distilled"))
     words = []
     for method, result in (compared.get("methods") or {}).items():
         point, static, gap = report[method]["chosen"], result["static"], result["gap_points"]
@@ -203,10 +202,9 @@ def verdict(report: dict[str, Any]) -> str:
             "interpolated": f"interpolated in log MACs between the widths {widths}",
             "extrapolated": f"extrapolated in log MACs from the widths {widths}",
         }[static["kind"]]
-        recipe = "trained the same way (distilled from the base)" if distilled else "of the same recipe"
         words.append(
             f"At {point['macs_per_image'] / 1e6:.2f} M MACs the {LABELS.get(method, method)} reaches "
-            f"{pct(point['top1'])}, a static ResNet {recipe} {pct(static['top1'])} ({how}): "
+            f"{pct(point['top1'])}, a static ResNet ({static_recipe(report)}) {pct(static['top1'])} ({how}): "
             f"{abs(gap):.2f} points {'more' if gap >= 0 else 'less'} accurate, "
             + (
                 f"so routing beats shrinking the network by the {compared['margin_points']:g} points asked."
