@@ -74,3 +74,13 @@ def test_with_a_distilled_static_network_the_verdict_says_so_and_gives_the_plain
     rows = _static_rows(report)
     assert len(rows) == 4 and sum("(distilled from the base)" in row for row in rows) == 2
     assert sum("(labels only)" in row for row in rows) == 2
+
+
+@pytest.mark.parametrize("heads, static", [(16, 5), (5, 5), (4, 5), (None, 5)])
+def test_the_verdict_warns_when_the_heads_trained_longer_than_the_static_networks(heads, static):
+    report = _report(cp_top1=0.915, ms_top1=0.895)
+    report["cpcnn"]["settings"] = {} if heads is None else {"epochs": heads}
+    report["settings"] = {"recipe": {"epochs": static}}
+    words = verdict(report)
+    warned = f"trained {heads} epochs on S's outputs, the static networks the base's {static}: part of" in words
+    assert warned == (heads is not None and heads > static)

@@ -189,6 +189,18 @@ def embedded_markdown(path: Path, folder: str) -> str:
     return re.sub(r"\]\((?!https?:|/|#)([^)]+)\)", rf"]({folder}/\1)", text)
 
 
+def _longer_training(report: dict[str, Any]) -> str:
+    """A caveat when the CP-CNN's heads trained more epochs than the static networks (the base's recipe); else ''."""
+    heads = (report["cpcnn"].get("settings") or {}).get("epochs")
+    static = ((report.get("settings") or {}).get("recipe") or {}).get("epochs")
+    if heads is None or static is None or heads <= static:
+        return ""
+    return (
+        f"The CP-CNN's heads and clustifier trained {heads} epochs on S's outputs, the static networks the base's "
+        f"{static}: part of the CP-CNN's gap may come from the longer training, not from routing."
+    )
+
+
 def verdict(report: dict[str, Any]) -> str:
     """Plain words, per method, on whether routing beats a static ResNet of the same recipe at the same MACs (by the
     margin asked), including where ours loses; then the prior art's uniform-threshold exit."""
@@ -213,6 +225,9 @@ def verdict(report: dict[str, Any]) -> str:
                 + (": shrinking the network does as well or better." if gap <= 0 else ".")
             )
         )
+    longer = _longer_training(report)
+    if longer:
+        words.append(longer)
     plain = (report["baselines"].get("per_method_plain") or {}).get("methods") or {}
     if plain:
         gaps = ", ".join(f"{LABELS.get(m, m)} {r['gap_points']:+.2f}" for m, r in plain.items())
