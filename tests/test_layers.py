@@ -31,7 +31,7 @@ LAYERS = [
 REPORT_MAY_IMPORT = ("dynacnn.errors", "dynacnn.io", "dynacnn.flops", "dynacnn.report")
 MODEL_CODE = ("dynacnn.cpcnn.model", "dynacnn.cpcnn.policy", "dynacnn.mscnn.model", "dynacnn.mscnn.policies")
 FILES_AND_CLOCKS = ("time", "pathlib", "os", "shutil", "dynacnn.io", "dynacnn.runs", "dynacnn.timing")
-LAZY_IMPORTS_ALLOWED = ("dynacnn.cli", "dynacnn.cli.options", "dynacnn.cli.deploy")
+LAZY_IMPORTS_ALLOWED = ("dynacnn.cli", "dynacnn.cli.options", "dynacnn.cli.cpcnn", "dynacnn.cli.deploy")
 
 
 def module_name(path: Path) -> str:
