@@ -16,7 +16,8 @@ from sklearn.cluster import SpectralClustering
 from sklearn.metrics import adjusted_rand_score as ari
 from sklearn.neighbors import kneighbors_graph
 
-from dynacnn.cpcnn.clustering import HyperClassClustering, confusion_similarity
+from dynacnn.cpcnn.clustering import HyperClassClustering
+from dynacnn.cpcnn.spectral import confusion_similarity
 from dynacnn.cpcnn.discover import write_clusters
 from dynacnn.errors import ConfigError, DataError
 
