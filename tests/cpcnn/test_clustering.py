@@ -17,8 +17,8 @@ from sklearn.metrics import adjusted_rand_score as ari
 from sklearn.neighbors import kneighbors_graph
 
 from dynacnn.cpcnn.clustering import HyperClassClustering
-from dynacnn.cpcnn.spectral import confusion_similarity
 from dynacnn.cpcnn.discover import write_clusters
+from dynacnn.cpcnn.spectral import confusion_similarity
 from dynacnn.errors import ConfigError, DataError
 
 PAPER = {"similarity": "indicator", "edge_weights": "binary"}

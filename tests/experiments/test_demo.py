@@ -133,6 +133,34 @@ def test_closing_table_shows_the_paired_median_not_the_ratio_of_images_per_s(tmp
     assert "missed" in next(line for line in lines if line.startswith("MS-CNN against"))
 
 
+@pytest.mark.parametrize("heads_epochs", [16, 5])
+def test_the_console_says_when_the_heads_trained_longer_than_the_static_networks(heads_epochs, tmp_path):
+    point = {"top1": 0.9, "top5": 0.98, "macs_per_image": 1e6}
+    static = {**point, "kind": "interpolated", "from": [0.15625, 0.25]}
+    report = {
+        "base": point,
+        "cpcnn": {"chosen": {**point, "tau": 0.3}, "settings": {"epochs": heads_epochs}},
+        "mscnn": {"chosen": {**point, "policy": "TP-C1"}},
+        "settings": {"recipe": {"epochs": 5}},
+        "baselines": {
+            "compute_matched": {**point, "width": 0.15625},
+            "per_method": {
+                "margin_points": 0.5,
+                "methods": {"cpcnn": {"static": static, "gap_points": 0.6, "beats": True}},
+            },
+        },
+        "images_per_s_batch256": {"base": 1000.0, "cpcnn": 1500.0, "mscnn": 2000.0, "matched": 1100.0},
+        "bench": [
+            {"model": name, "batch_size": 256, "wall_speedup_median": 1.0}
+            for name in ("base", "cpcnn", "mscnn", "matched")
+        ],
+    }
+    with open(tmp_path / "console.txt", "w") as handle:
+        summary_table(Console(file=handle, width=200), report)
+    said = (tmp_path / "console.txt").read_text()
+    assert ("trained 16 epochs on S's outputs, the static networks the base's 5" in said) == (heads_epochs > 5)
+
+
 def test_a_rerun_reuses_every_finished_step(demo_dir):
     before = {p.name: p.stat().st_mtime for p in (demo_dir / "base").iterdir()}
     run_demo(demo_dir, QUICK, device="cpu", console=Console(file=open(demo_dir / "console2.txt", "w"), width=120))

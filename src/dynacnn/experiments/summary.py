@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from dynacnn.report.demo_report import static_recipe
+from dynacnn.report.demo_report import longer_training, static_recipe
 from dynacnn.report.render import median_speedups
 
 LABELS = {"cpcnn": "CP-CNN", "mscnn": "MS-CNN"}
@@ -73,6 +73,8 @@ def summary_table(console: Console, report: dict[str, Any]) -> None:
             f"{'met' if compared['beats'] else 'missed'})"
             + ("" if plain is None else f"; against one trained on labels alone: {plain['gap_points']:+.2f}")
         )
+    if per_method and longer_training(report):
+        console.print(longer_training(report))
     for target in report.get("speed_targets", []):
         console.print(
             f"{target['runtime']}: {LABELS[target['model']]} {target['measure']} over {target['reference']} at batch "

@@ -189,7 +189,7 @@ def embedded_markdown(path: Path, folder: str) -> str:
     return re.sub(r"\]\((?!https?:|/|#)([^)]+)\)", rf"]({folder}/\1)", text)
 
 
-def _longer_training(report: dict[str, Any]) -> str:
+def longer_training(report: dict[str, Any]) -> str:
     """A caveat when the CP-CNN's heads trained more epochs than the static networks (the base's recipe); else ''."""
     heads = (report["cpcnn"].get("settings") or {}).get("epochs")
     static = ((report.get("settings") or {}).get("recipe") or {}).get("epochs")
@@ -225,7 +225,7 @@ def verdict(report: dict[str, Any]) -> str:
                 + (": shrinking the network does as well or better." if gap <= 0 else ".")
             )
         )
-    longer = _longer_training(report)
+    longer = longer_training(report)
     if longer:
         words.append(longer)
     plain = (report["baselines"].get("per_method_plain") or {}).get("methods") or {}
