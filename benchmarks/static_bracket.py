@@ -20,10 +20,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from dynacnn.baseline import evaluate_run, train_backbone
+import torch
+
+from dynacnn.baseline import train_backbone
 from dynacnn.distill import teacher_digest
 from dynacnn.experiments.baselines import WIDTH_STEP, compare_with_static
-from dynacnn.experiments.demo import DemoConfig, base_model_spec
+from dynacnn.experiments.demo import DemoConfig, base_model_spec, point_on_test_split
 from dynacnn.io import read_json
 from dynacnn.report.render import table
 from dynacnn.train import TrainConfig
@@ -46,14 +48,7 @@ def static_point(
         if found is not None:
             raise SystemExit(f"{run_dir} holds another width, teacher or recipe; delete it to retrain")
         train_backbone(run_dir, replace(spec, width=width), demo.data_spec, recipe, resume=True, teacher=teacher)
-    summary = read_json(run_dir / "run.json")
-    metrics = evaluate_run(run_dir)
-    return {
-        "top1": metrics["top1"],
-        "top5": metrics["top5"],
-        "macs_per_image": summary["macs_per_image"],
-        "width": width,
-    }
+    return point_on_test_split(run_dir, torch.device("cpu"))
 
 
 def bracket(demo_dir: Path, widths: list[float] | None, epochs: int | None, recipes: list[str]) -> list[dict[str, Any]]:
