@@ -133,6 +133,32 @@ def test_closing_table_shows_the_paired_median_not_the_ratio_of_images_per_s(tmp
     assert "missed" in next(line for line in lines if line.startswith("MS-CNN against"))
 
 
+def test_the_console_puts_the_static_resnets_efficiency_beside_each_routing_efficiency(tmp_path):
+    point = {"top1": 0.9, "top5": 0.98, "macs_per_image": 1e6}
+    target = {"runtime": "PyTorch", "model": "cpcnn", "reference": "base", "batch_size": 256, "target": 0.75}
+    report = {
+        "base": point,
+        "cpcnn": {"chosen": {**point, "tau": 0.3}},
+        "mscnn": {"chosen": {**point, "policy": "TP-C1"}},
+        "baselines": {"compute_matched": {**point, "width": 0.15625}},
+        "images_per_s_batch256": {"base": 1000.0, "cpcnn": 1500.0, "mscnn": 2000.0, "matched": 1100.0},
+        "bench": [
+            {"model": name, "batch_size": 256, "wall_speedup_median": 1.0}
+            for name in ("base", "cpcnn", "mscnn", "matched")
+        ],
+        "speed_targets": [
+            {**target, "measure": "routing efficiency", "measured": 0.65, "met": False, "static_efficiency": 0.57},
+            {**target, "measure": "speed-up", "measured": 1.55, "met": False, "static_efficiency": None},
+        ],
+    }
+    with open(tmp_path / "console.txt", "w") as handle:
+        summary_table(Console(file=handle, width=200), report)
+    lines = (tmp_path / "console.txt").read_text().splitlines()
+    efficiency = next(line for line in lines if "routing efficiency over base" in line)
+    assert "0.650 (target 0.75: missed); the static ResNet, no routing: 0.570" in efficiency
+    assert "static ResNet" not in next(line for line in lines if "speed-up over base" in line)
+
+
 @pytest.mark.parametrize("heads_epochs", [16, 5])
 def test_the_console_says_when_the_heads_trained_longer_than_the_static_networks(heads_epochs, tmp_path):
     point = {"top1": 0.9, "top5": 0.98, "macs_per_image": 1e6}

@@ -80,4 +80,9 @@ def summary_table(console: Console, report: dict[str, Any]) -> None:
             f"{target['runtime']}: {LABELS[target['model']]} {target['measure']} over {target['reference']} at batch "
             f"{target['batch_size']}: {target['measured']:.3f} (target {target['target']:g}: "
             f"{'met' if target['met'] else 'missed'})"
+            + (
+                ""
+                if target.get("static_efficiency") is None
+                else f"; the static ResNet, no routing: {target['static_efficiency']:.3f}"
+            )
         )

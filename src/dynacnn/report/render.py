@@ -57,7 +57,8 @@ def timing_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def targets_table(targets: Sequence[dict[str, Any]]) -> str:
-    """Markdown table of `experiments.speed_targets` entries (bench.md, the demo's summary)."""
+    """Markdown table of `experiments.speed_targets` entries (bench.md, the demo's summary); the last column is the
+    compute-matched static ResNet's routing efficiency beside each routed model's."""
     rows = [
         (
             t["runtime"],
@@ -67,8 +68,9 @@ def targets_table(targets: Sequence[dict[str, Any]]) -> str:
             f"{t['measured']:.3f}",
             f"{t['target']:g}",
             "met" if t["met"] else "missed",
+            "-" if t.get("static_efficiency") is None else f"{t['static_efficiency']:.3f}",
         )
         for t in targets
     ]
-    header = ("runtime", "pair", "batch", "measure", "measured (median)", "target", "")
-    return table(header, rows, ["---", "---", "---:", "---", "---:", "---:", "---"])
+    header = ("runtime", "pair", "batch", "measure", "measured (median)", "target", "", "static ResNet, no routing")
+    return table(header, rows, ["---", "---", "---:", "---", "---:", "---:", "---", "---:"])
