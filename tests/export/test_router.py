@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,7 +12,7 @@ from dynacnn.cpcnn.policy import activate as torch_activate
 from dynacnn.mscnn.cap_conv import majority_filters as torch_majority
 from dynacnn.mscnn.policies import Policy
 from dynacnn.runtime.exits import ExitPolicy, filter_ranks, kept_filters, majority_filters
-from dynacnn.runtime.router import activate
+from dynacnn.runtime.router import activate, activate_one
 
 # A few distinct values, so that ties in v, confidences and cumulative sums come up often.
 LEVELS = st.sampled_from([0.0, 0.05, 0.1, 0.2, 0.25, 0.3, 0.5, 1.0, 2.0, 3.0])
@@ -40,6 +41,45 @@ def test_activation_sets_and_weights(rows, tau, rule, weighting, seed):
     got_active, got_weights = activate(v.numpy(), confusion.numpy(), tau, rule, weighting)
     assert (got_active == active.numpy()).all()
     np.testing.assert_allclose(got_weights, weights.numpy(), rtol=0, atol=1e-6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    row=st.integers(1, 6).flatmap(lambda g: st.lists(LEVELS, min_size=g, max_size=g)),
+    tau=st.sampled_from([0.1, 0.25, 0.5, 0.6, 0.75, 0.9, 0.999, 1.0]),
+    rule=st.sampled_from(["top", "confusion"]),
+    weighting=st.sampled_from(["eq3", "clustifier"]),
+    seed=st.integers(0, 1000),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
+def test_one_image_in_plain_python_equals_the_vectorised_policy(row, tau, rule, weighting, seed, dtype):
+    v = probabilities([row]).numpy().astype(dtype)
+    groups = v.shape[1]
+    confusion = np.random.default_rng(seed).integers(0, 4, (groups, groups)).astype(np.float64)
+    active, weights = activate(v, confusion, tau, rule, weighting)
+    got_active, got_weights = activate_one(v, confusion, tau, rule, weighting)
+    assert got_active.shape == active.shape and (got_active == active).all()
+    assert got_weights.dtype == weights.dtype
+    np.testing.assert_allclose(got_weights, weights, rtol=2 * np.finfo(dtype).eps, atol=0)
+
+
+@pytest.mark.parametrize("policy", [activate, activate_one])
+def test_tau_is_compared_in_float32_as_pytorch_does(policy):
+    # the second hyper-class's preceding sum is float32(0.1), above the float64 0.1 but not above float32(0.1)
+    v = np.array([[0.1, 0.1]], dtype=np.float32)
+    active, _ = policy(v, np.eye(2), 0.1, "top", "clustifier")
+    expected, _ = torch_activate(torch.from_numpy(v), None, 0.1, "top", "clustifier")
+    assert active.tolist() == expected.tolist() == [[True, True]]
+
+
+def test_one_image_with_nan_probabilities_is_left_to_the_vectorised_policy():
+    v = np.array([[np.nan, 0.5, 0.5]], dtype=np.float32)
+    confusion = np.eye(3)
+    for rule in ("top", "confusion"):
+        active, weights = activate(v, confusion, 0.5, rule, "eq3")
+        got_active, got_weights = activate_one(v, confusion, 0.5, rule, "eq3")
+        assert (got_active == active).all()
+        np.testing.assert_array_equal(got_weights, weights)
 
 
 @settings(max_examples=150, deadline=None)

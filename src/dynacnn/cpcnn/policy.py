@@ -75,16 +75,15 @@ def _check_inputs(v: torch.Tensor, confusion: torch.Tensor | None, needs_confusi
         )
 
 
-def activation_order(v: torch.Tensor, confusion: torch.Tensor | None, rule: str) -> torch.Tensor:
-    """Alg. 1: the (B, G) order in which hyper-classes join the activation set, argmax first."""
-    by_v = torch.argsort(v, dim=1, descending=True, stable=True)
+def activation_order(v: torch.Tensor, by_column: torch.Tensor | None, rule: str) -> torch.Tensor:
+    """Alg. 1: the (B, G) order in which hyper-classes join the activation set, argmax first; `by_column` is the
+    confusion matrix transposed (row g: confusion[:, g]) in v's dtype, needed by the "confusion" rule."""
+    order = torch.argsort(v, dim=1, descending=True, stable=True)
     if rule == "top":
-        return by_v
-    predicted = by_v[:, 0]
-    score = confusion.to(v.dtype).t()[predicted].clone()  # row b: confusion[:, argmax_b]
-    score.scatter_(1, predicted[:, None], float("inf"))
-    score_in_v_order = score.gather(1, by_v)
-    return by_v.gather(1, torch.argsort(score_in_v_order, dim=1, descending=True, stable=True))
+        return order
+    predicted = order[:, :1]
+    score = by_column[predicted[:, 0]].scatter_(1, predicted, float("inf"))  # row b: confusion[:, argmax_b]
+    return order.gather(1, torch.argsort(score.gather(1, order), dim=1, descending=True, stable=True))
 
 
 def activate(
@@ -98,20 +97,16 @@ def activate(
     check_policy(rule, weighting)
     tau = check_tau(tau)
     _check_inputs(v, confusion, rule == "confusion" or weighting == "eq3")
-    order = activation_order(v, confusion, rule)
+    by_column = None if confusion is None else confusion.to(v.dtype).t()
+    order = activation_order(v, by_column, rule)
     if tau >= 1:
         active = torch.ones_like(v, dtype=torch.bool)
     else:
         ordered = v.gather(1, order)
-        before = ordered.cumsum(1) - ordered  # summed v of the hyper-classes already in the set
-        in_set = before <= tau
+        in_set = ordered.cumsum(1).sub_(ordered) <= tau  # summed v of the hyper-classes already in the set
         in_set[:, 0] = True
-        active = torch.zeros_like(in_set).scatter_(1, order, in_set)
-    if weighting == "eq3":
-        score = confusion.to(v.dtype).t()[order[:, 0]]
-    else:
-        score = v
-    score = torch.where(active, score, torch.zeros_like(score))
+        active = torch.empty_like(in_set).scatter_(1, order, in_set)
+    score = torch.where(active, by_column[order[:, 0]] if weighting == "eq3" else v, 0.0)
     total = score.sum(1, keepdim=True)
     uniform = active.to(v.dtype) / active.sum(1, keepdim=True)
     weights = torch.where(total > 0, score / total.clamp_min(torch.finfo(v.dtype).tiny), uniform)

@@ -1,8 +1,9 @@
 """The routed CP-CNN on ONNX Runtime: S and M on the batch, each head H_g only on the images that activate it.
 
 The host side is `CPCNN.route` in numpy: Alg. 1 / Eq. 1 active sets and Eq. 3 weights for the whole batch at
-once (`router.activate`), then one loop over the G heads, each run on its sub-batch (`features[rows]`), its
-softmax scaled by the weights and written into the (B, K) output with one indexed assignment.
+once (`router.activate`; for a single image `router.activate_one`, in plain Python), then one loop over the G
+heads, each run on its sub-batch (`features[rows]`), its softmax scaled by the weights and written into the (B, K)
+output with one indexed assignment.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from dynacnn.runtime.graphs import PROVIDERS, Graph, session_options
-from dynacnn.runtime.router import RULES, WEIGHTINGS, activate, softmax
+from dynacnn.runtime.router import RULES, WEIGHTINGS, activate, activate_one, softmax
 from dynacnn.runtime.spec import ExportedModel, as_mapping, check_classes, field, input_batch
 
 
@@ -74,8 +75,9 @@ class CPCNNRuntime(ExportedModel):
         x = input_batch(x, self.input_shape)
         features = self.shared(x)
         v = softmax(self.clustifier(features))
-        active, weights = activate(v, self.confusion, self.tau, self.rule, self.weighting)
         batch = len(x)
+        policy = activate_one if batch == 1 else activate
+        active, weights = policy(v, self.confusion, self.tau, self.rule, self.weighting)
         probs = np.zeros((batch, self.num_classes), dtype=np.float32)
         counts = active.sum(axis=0)
         for group, head in enumerate(self.heads):

@@ -208,12 +208,14 @@ class MSCNNRuntime(ExportedModel):
     def image_macs(self, kept: np.ndarray, rm: int) -> np.ndarray:
         """MACs each image executed (B,): the cost table over the stages it ran, the classes they computed and the
         filters CAP_CONV skipped (rm in every stage after the first)."""
-        total = np.zeros(len(kept), dtype=np.int64)
-        for number, stage in enumerate(self.stages):
-            skipped = rm * stage.filter_macs if number else 0
-            ran = kept[:, number] > 0
-            total += ran * (stage.body_macs + stage.hidden_macs - skipped) + stage.fc_in * kept[:, number]
-        return total
+        costs = np.asarray(
+            [
+                (stage.body_macs + stage.hidden_macs - (rm * stage.filter_macs if number else 0), stage.fc_in)
+                for number, stage in enumerate(self.stages)
+            ],
+            dtype=np.int64,
+        )
+        return (kept > 0) @ costs[:, 0] + kept @ costs[:, 1]
 
     def predict(self, x: Any) -> np.ndarray:
         """Top-1 class of each image (B,)."""
