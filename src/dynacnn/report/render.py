@@ -72,5 +72,5 @@ def targets_table(targets: Sequence[dict[str, Any]]) -> str:
         )
         for t in targets
     ]
-    header = ("runtime", "pair", "batch", "measure", "measured (median)", "target", "", "static ResNet, no routing")
+    header = ("runtime", "pair", "batch", "measure", "measured (median)", "target", "", "static ResNet's efficiency")
     return table(header, rows, ["---", "---", "---:", "---", "---:", "---:", "---", "---:"])
