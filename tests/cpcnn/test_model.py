@@ -9,6 +9,7 @@ import torchvision
 
 from dynacnn.cpcnn.compress import build_head, shared_part
 from dynacnn.cpcnn.model import CPCNN, TrivialHead
+from dynacnn.cpcnn.policy import activate
 from dynacnn.errors import ConfigError
 from dynacnn.flops import count_call_macs
 from dynacnn.models import build_resnet
@@ -154,3 +155,31 @@ def test_routing_under_autocast_stays_float32_and_close(model):
     torch.testing.assert_close(routed.probs.sum(1), torch.ones(16))
     assert torch.equal(routed.active, expected.active)
     assert (routed.probs - expected.probs).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("tau", [0.3, 0.6, 0.9, 1.0])
+@pytest.mark.parametrize(("rule", "weighting"), [("top", "clustifier"), ("confusion", "eq3"), ("top", "eq3")])
+def test_one_image_routes_as_it_does_inside_a_batch(model, tau, rule, weighting):
+    # one image takes the plain-Python policy (dynacnn.routing), a batch the vectorised one
+    model.set_policy(tau, rule, weighting)
+    x = torch.randn(23, *SHAPE, generator=torch.Generator().manual_seed(2))
+    whole = model.route(x)
+    for index in range(len(x)):
+        one = model.route(x[index : index + 1])
+        assert torch.equal(one.active[0], whole.active[index]) and one.macs[0] == whole.macs[index]
+        assert torch.allclose(one.probs[0], whole.probs[index], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_one_image_policy_equals_the_vectorised_one_ties_and_nan_included(model, dtype):
+    levels = torch.tensor([0.0, 0.05, 0.1, 0.25, 0.3, 0.5], dtype=dtype)
+    rows = levels[torch.randint(0, 6, (300, 4), generator=torch.Generator().manual_seed(3))]
+    rows = torch.cat([rows, torch.tensor([[float("nan"), 0.5, 0.25, 0.25]], dtype=dtype)])
+    for rule, weighting in (("top", "clustifier"), ("confusion", "eq3"), ("confusion", "clustifier")):
+        for tau in (0.1, 0.3, 0.55, 1.0):
+            model.set_policy(tau, rule, weighting)
+            active, weights = activate(rows, model.confusion.to(dtype), tau, rule, weighting)
+            for index, row in enumerate(rows):
+                got_active, got_weights = model.policy(row[None])
+                assert torch.equal(got_active[0], active[index]) and got_weights.dtype == dtype
+                torch.testing.assert_close(got_weights[0], weights[index], rtol=2 * torch.finfo(dtype).eps, atol=0)

@@ -27,12 +27,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
 from dynacnn.cpcnn.policy import DEFAULT_RULE, DEFAULT_WEIGHTING, activate, check_policy, check_tau, merge
 from dynacnn.errors import ConfigError
 from dynacnn.flops import count_macs
+from dynacnn.routing import activate_one
 
 
 def on_device_of(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -46,6 +48,10 @@ class TrivialHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.new_zeros(x.shape[0], 1)
+
+
+DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+"""Probability dtypes whose one-image policy runs in plain Python (`dynacnn.routing`), with its rounding type."""
 
 
 class RoutedOutput(NamedTuple):
@@ -164,8 +170,16 @@ class CPCNN(nn.Module):
         return getattr(self, f"members_{group}")
 
     def policy(self, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Alg. 1 / Eq. 1 active sets and Eq. 3 weights for clustifier probabilities v (B, G)."""
-        return activate(v, self.confusion.to(device=v.device, dtype=v.dtype), self.tau, self.rule, self.weighting)
+        """Alg. 1 / Eq. 1 active sets and Eq. 3 weights for clustifier probabilities v (B, G); one image on the CPU
+        in plain Python (`dynacnn.routing`: the same set, weights within the last bit), where torch's cost per
+        call is most of the policy's time."""
+        confusion = self.confusion.to(device=v.device, dtype=v.dtype)
+        row = v[0].tolist() if v.dim() == 2 and len(v) == 1 and v.device.type == "cpu" and v.dtype in DTYPES else None
+        if row is None or any(value != value for value in row):  # NaN has no order: the vectorised sort decides
+            return activate(v, confusion, self.tau, self.rule, self.weighting)
+        by_column = confusion.t().tolist() if self.rule == "confusion" or self.weighting == "eq3" else None
+        active, weights = activate_one(row, by_column, self.tau, self.rule, self.weighting, DTYPES[v.dtype])
+        return torch.tensor([active]), torch.tensor([weights], dtype=v.dtype)
 
     def image_macs(self, active: torch.Tensor, nested: torch.Tensor | None = None) -> torch.Tensor:
         """MACs each image executes: S + M + its active heads (B,), from the cost table (no matmul: not counted),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dynacnn import routing
+
 RULES = ("confusion", "top")
 WEIGHTINGS = ("eq3", "clustifier")
 
@@ -65,34 +67,11 @@ def activate(
 def activate_one(
     v: np.ndarray, confusion: np.ndarray, tau: float, rule: str, weighting: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`activate` for a batch of one image (1, G) in plain Python, where numpy's cost per call exceeds the
-    arithmetic: the same active set, weights within float32 rounding (summed in float64, then rounded).
-
-    Python's sort is stable with `reverse=True` (ties keep the lower index first, as `descending`); each partial
-    sum is rounded to float32 before the image's own probability is taken off, as `cumulative_before` does."""
+    """`activate` for a batch of one image (1, G) in plain Python (`dynacnn.routing.activate_one`): the same active
+    set, weights within float32 rounding. A row with NaN, which has no order, goes to `activate`."""
     row = v[0].tolist()
-    if len(v) != 1 or any(value != value for value in row):  # NaN has no order: the vectorised sort decides
+    if len(v) != 1 or any(value != value for value in row):
         return activate(v, confusion, tau, rule, weighting)
-    dtype = v.dtype.type
-    groups = len(row)
     by_column = confusion.T.astype(v.dtype).tolist() if rule != "top" or weighting == "eq3" else None
-    order = sorted(range(groups), key=row.__getitem__, reverse=True)
-    if rule != "top":  # the argmax first, then by decreasing confusion[:, argmax], ties kept in v's order
-        column = by_column[order[0]]
-        order = order[:1] + sorted(order[1:], key=column.__getitem__, reverse=True)
-    active = np.zeros((1, groups), dtype=bool)
-    running, limit = 0.0, dtype(tau)
-    for group in order:
-        running += row[group]
-        if tau >= 1 or dtype(float(dtype(running)) - row[group]) <= limit:
-            active[0, group] = True
-    score = [
-        (by_column[order[0]][group] if weighting == "eq3" else row[group]) if active[0, group] else 0.0
-        for group in range(groups)
-    ]
-    total = sum(score)
-    if total > 0:
-        weights = [score_g / max(total, float(np.finfo(dtype).tiny)) for score_g in score]
-    else:  # no score on the active set: equal weights
-        weights = [1.0 / int(active.sum()) if is_active else 0.0 for is_active in active[0]]
-    return active, np.asarray([weights], dtype=v.dtype)
+    active, weights = routing.activate_one(row, by_column, tau, rule, weighting, v.dtype.type)
+    return np.asarray([active]), np.asarray([weights], dtype=v.dtype)
