@@ -20,25 +20,28 @@ import numpy as np
 
 def activate_one(
     v: Sequence[float],
-    by_column: Sequence[Sequence[float]] | None,
+    confusion: Sequence[Sequence[float]],
     tau: float,
     rule: str,
     weighting: str,
     dtype: type[np.floating] = np.float32,
-) -> tuple[list[bool], list[float]]:
-    """Active hyper-classes (G,) and their weights (G,) for one image's clustifier probabilities `v` (no NaN);
-    `by_column[g]` is column g of the confusion matrix in `dtype` (needed by the "confusion" rule and Eq. 3)."""
+) -> tuple[list[bool], list[float]] | None:
+    """Active hyper-classes (G,) and their weights (G,) for one image's clustifier probabilities `v`, the confusion
+    matrix (rows true, columns predicted) given in `dtype`; None when `v` holds NaN, which has no order (the
+    caller's vectorised policy decides then)."""
+    if any(value != value for value in v):
+        return None
     groups = len(v)
     order = sorted(range(groups), key=v.__getitem__, reverse=True)
+    column = [row[order[0]] for row in confusion]  # confusion[:, argmax]
     if rule != "top":  # the argmax first, then by decreasing confusion[:, argmax], ties kept in v's order
-        column = by_column[order[0]]
         order = order[:1] + sorted(order[1:], key=column.__getitem__, reverse=True)
     active = [False] * groups
     running, limit = 0.0, dtype(tau)
     for group in order:
         running += v[group]
         active[group] = tau >= 1 or dtype(float(dtype(running)) - v[group]) <= limit
-    scores = by_column[order[0]] if weighting == "eq3" else v
+    scores = column if weighting == "eq3" else v
     score = [scores[group] if active[group] else 0.0 for group in range(groups)]
     total = sum(score)
     if total > 0:

@@ -174,12 +174,13 @@ class CPCNN(nn.Module):
         in plain Python (`dynacnn.routing`: the same set, weights within the last bit), where torch's cost per
         call is most of the policy's time."""
         confusion = self.confusion.to(device=v.device, dtype=v.dtype)
-        row = v[0].tolist() if v.dim() == 2 and len(v) == 1 and v.device.type == "cpu" and v.dtype in DTYPES else None
-        if row is None or any(value != value for value in row):  # NaN has no order: the vectorised sort decides
+        result = None
+        if v.dim() == 2 and len(v) == 1 and v.device.type == "cpu" and v.dtype in DTYPES:
+            policy = (self.tau, self.rule, self.weighting, DTYPES[v.dtype])
+            result = activate_one(v[0].tolist(), confusion.tolist(), *policy)
+        if result is None:
             return activate(v, confusion, self.tau, self.rule, self.weighting)
-        by_column = confusion.t().tolist() if self.rule == "confusion" or self.weighting == "eq3" else None
-        active, weights = activate_one(row, by_column, self.tau, self.rule, self.weighting, DTYPES[v.dtype])
-        return torch.tensor([active]), torch.tensor([weights], dtype=v.dtype)
+        return torch.tensor([result[0]]), torch.tensor([result[1]], dtype=v.dtype)
 
     def image_macs(self, active: torch.Tensor, nested: torch.Tensor | None = None) -> torch.Tensor:
         """MACs each image executes: S + M + its active heads (B,), from the cost table (no matmul: not counted),

@@ -69,9 +69,10 @@ def activate_one(
 ) -> tuple[np.ndarray, np.ndarray]:
     """`activate` for a batch of one image (1, G) in plain Python (`dynacnn.routing.activate_one`): the same active
     set, weights within float32 rounding. A row with NaN, which has no order, goes to `activate`."""
-    row = v[0].tolist()
-    if len(v) != 1 or any(value != value for value in row):
-        return activate(v, confusion, tau, rule, weighting)
-    by_column = confusion.T.astype(v.dtype).tolist() if rule != "top" or weighting == "eq3" else None
-    active, weights = routing.activate_one(row, by_column, tau, rule, weighting, v.dtype.type)
-    return np.asarray([active]), np.asarray([weights], dtype=v.dtype)
+    if len(v) == 1:
+        result = routing.activate_one(
+            v[0].tolist(), confusion.astype(v.dtype).tolist(), tau, rule, weighting, v.dtype.type
+        )
+        if result is not None:
+            return np.asarray([result[0]]), np.asarray([result[1]], dtype=v.dtype)
+    return activate(v, confusion, tau, rule, weighting)
